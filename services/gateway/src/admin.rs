@@ -1,0 +1,365 @@
+//! The admin API: keys, storage locations and scans. Only keys of admin users may call it.
+
+use crate::GatewayState;
+use crate::auth::ApiKeyAuth;
+use crate::catalog::ApiTags;
+use crate::error::ApiError;
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use url::Url;
+use velour_core::{Permissions, StorageType};
+use velour_db::keys::KeyOwner;
+use velour_db::locations::{LocationRow, NewLocation};
+use velour_db::scans::ScanRunRow;
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, Default, Object)]
+pub struct KeyPermissions {
+    /// Catalog reads.
+    #[oai(default)]
+    pub can_read: bool,
+    /// Video bytes and thumbnails.
+    #[oai(default)]
+    pub can_stream: bool,
+    /// Fingerprints and technical metadata.
+    #[oai(default)]
+    pub can_metadata: bool,
+}
+
+#[derive(Debug, Object)]
+pub struct NewApiKey {
+    /// A name to recognise the key by (who holds it).
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    #[oai(default)]
+    pub permissions: KeyPermissions,
+}
+
+#[derive(Debug, Object)]
+pub struct CreatedApiKey {
+    pub id: i64,
+    pub name: String,
+    /// The key in clear. This is the only time it is shown: store it now.
+    pub key: String,
+    /// The key's first characters, to recognise it later.
+    pub key_prefix: String,
+    pub permissions: KeyPermissions,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateKeyResponse {
+    /// The key was issued.
+    #[oai(status = 201)]
+    Created(Json<CreatedApiKey>),
+}
+
+#[derive(Debug, Object)]
+pub struct NewStorageLocation {
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// `local` or `velour` (`s3` is not supported yet).
+    pub storage_type: String,
+    /// For `local`: `path` (absolute). For `velour`: `remote_instance_url`, `api_key` (the
+    /// key the peer issued to us; stored apart and never shown again) and `instance_name`.
+    pub configuration: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Object)]
+pub struct StorageLocation {
+    pub id: i64,
+    pub name: String,
+    pub storage_type: String,
+    /// The configuration without its secrets.
+    pub configuration: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreateLocationResponse {
+    /// The location was created.
+    #[oai(status = 201)]
+    Created(Json<StorageLocation>),
+}
+
+#[derive(Debug, Object)]
+pub struct ScanCountsJson {
+    pub seen: i32,
+    pub added: i32,
+    pub updated: i32,
+    pub removed: i32,
+}
+
+#[derive(Debug, Object)]
+pub struct SkippedFile {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Object)]
+pub struct ScanRun {
+    pub id: i64,
+    pub storage_location_id: i64,
+    /// `queued`, `running`, `succeeded` or `failed`.
+    pub state: String,
+    pub works: ScanCountsJson,
+    pub videos: ScanCountsJson,
+    /// Files looked at and not indexed.
+    pub videos_skipped: i64,
+    /// The first skipped files with their reasons (at most 100).
+    pub skipped: Vec<SkippedFile>,
+    /// Why the scan failed.
+    pub error: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(ApiResponse)]
+pub enum ScanAccepted {
+    /// The scan is queued (or joined the scan of this location already queued or running).
+    #[oai(status = 202)]
+    Accepted(Json<ScanRun>),
+}
+
+fn location_json(row: LocationRow) -> StorageLocation {
+    StorageLocation {
+        id: row.id,
+        name: row.name,
+        storage_type: row.storage_type,
+        configuration: row.configuration.0,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+fn scan_run_json(row: ScanRunRow, skipped: Vec<SkippedFile>) -> ScanRun {
+    ScanRun {
+        id: row.id,
+        storage_location_id: row.storage_location_id,
+        state: row.state,
+        works: ScanCountsJson {
+            seen: row.works_seen,
+            added: row.works_added,
+            updated: row.works_updated,
+            removed: row.works_removed,
+        },
+        videos: ScanCountsJson {
+            seen: row.videos_seen,
+            added: row.videos_added,
+            updated: row.videos_updated,
+            removed: row.videos_removed,
+        },
+        videos_skipped: row.videos_skipped,
+        skipped,
+        error: row.error,
+        queued_at: row.queued_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid-configuration", message)
+}
+
+fn required_str<'a>(config: &'a BTreeMap<String, Value>, field: &str) -> Result<&'a str, ApiError> {
+    match config.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim()),
+        Some(_) => Err(invalid(format!("configuration.{field} must be a non-empty string"))),
+        None => Err(invalid(format!("configuration.{field} is required"))),
+    }
+}
+
+/// Splits a requested configuration into what may be shown and what must stay secret,
+/// keeping only the fields each storage type knows.
+fn validate_configuration(
+    storage_type: StorageType,
+    config: &BTreeMap<String, Value>,
+) -> Result<(Value, Value), ApiError> {
+    match storage_type {
+        StorageType::Local => {
+            let path = required_str(config, "path")?;
+            if !std::path::Path::new(path).is_absolute() {
+                return Err(invalid("configuration.path must be an absolute path"));
+            }
+            Ok((serde_json::json!({ "path": path }), serde_json::json!({})))
+        }
+        StorageType::Velour => {
+            let raw_url = required_str(config, "remote_instance_url")?;
+            let url = Url::parse(raw_url)
+                .map_err(|_| invalid("configuration.remote_instance_url is not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(invalid("configuration.remote_instance_url must be http(s)://host"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(invalid("configuration.remote_instance_url must not hold credentials"));
+            }
+            // TODO(#5): refuse http:// when FEDERATION_REQUIRE_HTTPS is set.
+            let api_key = required_str(config, "api_key")?;
+            let instance_name = match config.get("instance_name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(name)) => Some(name.trim().to_owned()),
+                Some(_) => return Err(invalid("configuration.instance_name must be a string")),
+            };
+            let shown = serde_json::json!({
+                "remote_instance_url": url.as_str(),
+                "instance_name": instance_name,
+            });
+            Ok((shown, serde_json::json!({ "api_key": api_key })))
+        }
+        // TODO(#3): S3 locations (bucket, region, endpoint, prefix, credentials).
+        StorageType::S3 => Err(ApiError::bad_request(
+            "storage-type-not-supported",
+            "s3 storage locations are not supported yet",
+        )),
+    }
+}
+
+pub struct AdminApi;
+
+#[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// Issues an API key. The answer holds the key in clear, once.
+    #[oai(path = "/api_keys", method = "post", operation_id = "create_api_key")]
+    async fn create_api_key(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        body: Json<NewApiKey>,
+    ) -> Result<CreateKeyResponse, ApiError> {
+        auth.require_admin()?;
+        let name = body.0.name.trim();
+        if name.is_empty() {
+            return Err(ApiError::bad_request("invalid-name", "name must not be blank"));
+        }
+        let p = body.0.permissions;
+        let permissions = Permissions {
+            can_read: p.can_read,
+            can_stream: p.can_stream,
+            can_metadata: p.can_metadata,
+        };
+        let (row, key) =
+            velour_db::keys::create_api_key(&state.pool, KeyOwner::Member, name, permissions)
+                .await
+                .map_err(|e| ApiError::from_db(e, "key"))?;
+        tracing::info!(api_key.id = row.id, api_key.prefix = %row.key_prefix, "api key issued");
+        Ok(CreateKeyResponse::Created(Json(CreatedApiKey {
+            id: row.id,
+            name: row.name,
+            key: key.expose_secret().to_owned(),
+            key_prefix: row.key_prefix,
+            permissions: KeyPermissions {
+                can_read: row.can_read,
+                can_stream: row.can_stream,
+                can_metadata: row.can_metadata,
+            },
+            created_at: row.created_at,
+        })))
+    }
+
+    /// Adds a folder or a peer to the catalog's sources.
+    #[oai(path = "/storage_locations", method = "post", operation_id = "create_storage_location")]
+    async fn create_location(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        body: Json<NewStorageLocation>,
+    ) -> Result<CreateLocationResponse, ApiError> {
+        auth.require_admin()?;
+        let storage_type: StorageType = body.0.storage_type.parse().map_err(|e| {
+            ApiError::bad_request("invalid-storage-type", format!("storage_type: {e}"))
+        })?;
+        let name = body.0.name.trim();
+        if name.is_empty() {
+            return Err(ApiError::bad_request("invalid-name", "name must not be blank"));
+        }
+        let (configuration, secrets) = validate_configuration(storage_type, &body.0.configuration)?;
+        let new = NewLocation { name, storage_type, configuration, secrets };
+        let row = velour_db::locations::create_location(&state.pool, new)
+            .await
+            .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        tracing::info!(location.id = row.id, storage_type = %storage_type, "location created");
+        Ok(CreateLocationResponse::Created(Json(location_json(row))))
+    }
+
+    /// Every storage location, oldest first.
+    #[oai(path = "/storage_locations", method = "get", operation_id = "list_storage_locations")]
+    async fn list_locations(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+    ) -> Result<Json<Vec<StorageLocation>>, ApiError> {
+        auth.require_admin()?;
+        let rows = velour_db::locations::list_locations(&state.pool)
+            .await
+            .map_err(|e| ApiError::from_db(e, "storage locations"))?;
+        Ok(Json(rows.into_iter().map(location_json).collect()))
+    }
+
+    /// One storage location.
+    #[oai(path = "/storage_locations/:id", method = "get", operation_id = "get_storage_location")]
+    async fn get_location(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<Json<StorageLocation>, ApiError> {
+        auth.require_admin()?;
+        let row = velour_db::locations::get_location(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        Ok(Json(location_json(row)))
+    }
+
+    /// Queues a scan of the location. A scan already queued or running there is joined
+    /// rather than doubled.
+    #[oai(path = "/storage_locations/:id/scans", method = "post", operation_id = "start_scan")]
+    async fn start_scan(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<ScanAccepted, ApiError> {
+        auth.require_admin()?;
+        velour_db::locations::get_location(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        let (run, created) = velour_db::scans::enqueue_scan_run(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "scan run"))?;
+        if created {
+            state.queue_scan(&run).await?;
+        }
+        tracing::info!(scan_run.id = run.id, location.id = id.0, created, "scan requested");
+        Ok(ScanAccepted::Accepted(Json(scan_run_json(run, Vec::new()))))
+    }
+
+    /// One scan run: its state, what it counted and what it skipped.
+    #[oai(path = "/scan_runs/:id", method = "get", operation_id = "get_scan_run")]
+    async fn get_scan_run(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<Json<ScanRun>, ApiError> {
+        auth.require_admin()?;
+        let run = velour_db::scans::get_scan_run(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "scan run"))?;
+        let skipped = velour_db::scans::list_scan_skips(&state.pool, id.0, 100)
+            .await
+            .map_err(|e| ApiError::from_db(e, "scan run"))?
+            .into_iter()
+            .map(|s| SkippedFile { path: s.path, reason: s.reason })
+            .collect();
+        Ok(Json(scan_run_json(run, skipped)))
+    }
+}

@@ -1,0 +1,200 @@
+//! Catalog reads, in the federation wire format peers depend on.
+
+use crate::GatewayState;
+use crate::auth::ApiKeyAuth;
+use crate::error::ApiError;
+use chrono::Utc;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{OpenApi, Tags};
+use velour_db::PageRequest;
+use velour_db::catalog::{VideoRow, WorkWithVideos};
+use velour_peer::{InstanceInfo, Pagination, Ping, Video, VideosPage, Work, WorkVideo, WorksPage};
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// The instance, its works and videos: what peers read.
+    Catalog,
+    /// Video bytes and images.
+    Stream,
+    /// Keys, storage locations and scans, for administrators.
+    Admin,
+}
+
+pub struct CatalogApi;
+
+fn page_request(page: Option<i64>, per_page: Option<i64>) -> Result<PageRequest, ApiError> {
+    PageRequest::new(page, per_page)
+        .map_err(|e| ApiError::bad_request("invalid-pagination", e.to_string()))
+}
+
+fn pagination(page: PageRequest, total: i64) -> Pagination {
+    Pagination {
+        current_page: i64::from(page.page()),
+        total_pages: page.total_pages(total),
+        total_count: total,
+    }
+}
+
+fn work_video(row: VideoRow) -> WorkVideo {
+    // TODO(#5): leave fingerprints and technical metadata out for keys without can_metadata.
+    WorkVideo {
+        id: row.id,
+        filename: row.filename,
+        file_size: row.file_size,
+        web_compatible: row.web_compatible,
+        duration: row.duration,
+        width: row.width,
+        height: row.height,
+        video_codec: row.video_codec,
+        audio_codec: row.audio_codec,
+        fingerprints: row.fingerprints.0,
+        storage_type: Some(row.storage_type),
+        created_at: row.created_at,
+    }
+}
+
+fn video(row: VideoRow) -> Video {
+    Video {
+        id: row.id,
+        work_id: row.work_id,
+        work_title: row.work_title,
+        filename: row.filename,
+        file_size: row.file_size,
+        web_compatible: row.web_compatible,
+        duration: row.duration,
+        width: row.width,
+        height: row.height,
+        video_codec: row.video_codec,
+        audio_codec: row.audio_codec,
+        fingerprints: row.fingerprints.0,
+        storage_type: Some(row.storage_type),
+        created_at: row.created_at,
+    }
+}
+
+fn work(listed: WorkWithVideos) -> Work {
+    let w = listed.work;
+    Work {
+        id: w.id,
+        title: w.title,
+        year: w.year,
+        description: w.description,
+        director: w.director,
+        rating: w.rating,
+        organized: w.organized,
+        created_at: w.created_at,
+        videos: listed.videos.into_iter().map(work_video).collect(),
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Catalog")]
+impl CatalogApi {
+    /// Is the instance up, and does it accept this key?
+    #[oai(path = "/ping", method = "get", operation_id = "ping")]
+    async fn ping(&self, auth: ApiKeyAuth) -> Result<Json<Ping>, ApiError> {
+        auth.require_read()?;
+        Ok(Json(Ping { status: "ok".to_owned(), timestamp: Utc::now() }))
+    }
+
+    /// Who this instance is and how much it holds.
+    #[oai(path = "/instance", method = "get", operation_id = "get_instance")]
+    async fn instance(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+    ) -> Result<Json<InstanceInfo>, ApiError> {
+        auth.require_read()?;
+        let totals = velour_db::catalog::instance_totals(&state.pool)
+            .await
+            .map_err(|e| ApiError::from_db(e, "instance"))?;
+        Ok(Json(InstanceInfo {
+            name: state.instance_name.clone(),
+            version: velour_core::VERSION.to_owned(),
+            description: Some("Velour video library".to_owned()),
+            total_works: totals.total_works,
+            total_videos: totals.total_videos,
+            total_storage: totals.total_storage,
+        }))
+    }
+
+    /// Works with their videos, by title. Peers read every page of this to sync.
+    #[oai(path = "/works", method = "get", operation_id = "list_works")]
+    async fn works(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        /// Page number, from 1.
+        page: Query<Option<i64>>,
+        /// Works per page, 1 to 100 (default 50).
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<WorksPage>, ApiError> {
+        auth.require_read()?;
+        let page = page_request(page.0, per_page.0)?;
+        let (works, total) = velour_db::catalog::list_works(&state.pool, page)
+            .await
+            .map_err(|e| ApiError::from_db(e, "works"))?;
+        Ok(Json(WorksPage {
+            works: works.into_iter().map(work).collect(),
+            pagination: pagination(page, total),
+        }))
+    }
+
+    /// One work with its videos.
+    #[oai(path = "/works/:id", method = "get", operation_id = "get_work")]
+    async fn work(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<Json<Work>, ApiError> {
+        auth.require_read()?;
+        let found = velour_db::catalog::get_work(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "work"))?;
+        Ok(Json(work(found)))
+    }
+
+    /// Videos whose work title contains the query (case-insensitive; `%` and `_` match
+    /// themselves).
+    #[oai(path = "/videos/search", method = "get", operation_id = "search_videos")]
+    async fn search(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        /// Text to find in work titles.
+        query: Query<String>,
+        page: Query<Option<i64>>,
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<VideosPage>, ApiError> {
+        auth.require_read()?;
+        let page = page_request(page.0, per_page.0)?;
+        let query = query.0.trim();
+        if query.is_empty() {
+            return Err(ApiError::bad_request("empty-query", "query must not be empty"));
+        }
+        let (rows, total) = velour_db::catalog::search_videos(&state.pool, query, page)
+            .await
+            .map_err(|e| ApiError::from_db(e, "videos"))?;
+        Ok(Json(VideosPage {
+            videos: rows.into_iter().map(video).collect(),
+            pagination: pagination(page, total),
+        }))
+    }
+
+    /// One video.
+    #[oai(path = "/videos/:id", method = "get", operation_id = "get_video")]
+    async fn video(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<Json<Video>, ApiError> {
+        auth.require_read()?;
+        let row = velour_db::catalog::get_video(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "video"))?;
+        Ok(Json(video(row)))
+    }
+}

@@ -1,0 +1,152 @@
+//! The one error type every API operation answers with: a status, a stable machine code
+//! and a message meant for people. Causes are logged, never sent.
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+use velour_db::DbError;
+
+/// The JSON body of every error. `error` keeps the original design's field for peers that
+/// read it; `code` is stable and meant for programs.
+#[derive(Clone, Debug, PartialEq, Eq, Object, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code such as `not-found` or `range-not-satisfiable`.
+    pub code: String,
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// The challenge sent with every 401.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"velour\"";
+
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed or a parameter is out of range.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No API key, or one that is unknown or inactive.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The key lacks the permission this call needs.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// Nothing with that id.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request conflicts with what exists (a duplicate name).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// No part of the requested range lies within the video.
+    #[oai(status = 416)]
+    RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] String),
+    /// Something failed on our side; the cause is in our logs.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// A service or peer behind us failed.
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
+    /// A service we depend on is unavailable right now; try again.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+    /// A service or peer behind us did not answer in time.
+    #[oai(status = 504)]
+    GatewayTimeout(Json<ErrorBody>),
+}
+
+fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody { code: code.to_owned(), error: message.into() })
+}
+
+impl ApiError {
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::BadRequest(body(code, message))
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::Unauthorized(
+            body("unauthorized", "a valid API key is required (Authorization: Bearer KEY)"),
+            BEARER_CHALLENGE.to_owned(),
+        )
+    }
+
+    pub fn forbidden(permission: &str) -> Self {
+        Self::Forbidden(body(
+            "forbidden",
+            format!("this API key does not have the {permission} permission"),
+        ))
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(body("not-found", format!("{what} not found")))
+    }
+
+    pub fn conflict(code: &str, message: impl Into<String>) -> Self {
+        Self::Conflict(body(code, message))
+    }
+
+    pub fn unavailable(code: &str, message: impl Into<String>) -> Self {
+        Self::Unavailable(body(code, message))
+    }
+
+    /// An internal failure: the cause goes to the log, a generic message to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::Internal(body("internal", "an internal error occurred; it has been logged"))
+    }
+
+    /// Rebuilds an error that another Velour service answered with, keeping its status,
+    /// code and message.
+    pub fn relayed(status: StatusCode, relayed: ErrorBody, content_range: Option<String>) -> Self {
+        let json = Json(relayed);
+        match status.as_u16() {
+            400 => Self::BadRequest(json),
+            401 => Self::Unauthorized(json, BEARER_CHALLENGE.to_owned()),
+            403 => Self::Forbidden(json),
+            404 => Self::NotFound(json),
+            409 => Self::Conflict(json),
+            416 => Self::RangeNotSatisfiable(json, content_range.unwrap_or_default()),
+            503 => Self::Unavailable(json),
+            504 => Self::GatewayTimeout(json),
+            500 => Self::Internal(json),
+            _ => Self::BadGateway(json),
+        }
+    }
+
+    /// Maps a catalog error, naming what was not found.
+    pub fn from_db(err: DbError, what: &str) -> Self {
+        match err {
+            DbError::NotFound => Self::not_found(what),
+            DbError::Conflict(message) => Self::conflict("conflict", message),
+            DbError::Sqlx(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("database pool exhausted");
+                Self::unavailable("database-busy", "the catalog is busy; try again shortly")
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+/// Turns every error that escapes an operation (unknown route, wrong method, a parameter
+/// that did not parse, a missing key) into the same JSON shape with a stable code.
+pub async fn render_any_error(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    let error = match status {
+        StatusCode::BAD_REQUEST => ApiError::bad_request("bad-request", err.to_string()),
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
+        StatusCode::NOT_FOUND => ApiError::not_found("route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let json = body("method-not-allowed", "this method is not allowed here");
+            return (status, poem::web::Json(json.0)).into_response();
+        }
+        s if s.is_client_error() => {
+            let json = body("bad-request", err.to_string());
+            return (status, poem::web::Json(json.0)).into_response();
+        }
+        _ => ApiError::internal(&err),
+    };
+    error.into_response()
+}

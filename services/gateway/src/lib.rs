@@ -1,0 +1,152 @@
+//! The gateway: authenticates API keys, serves the catalog and the admin API, relays
+//! streams to the stream service, and documents all of it in OpenAPI.
+
+pub mod admin;
+pub mod auth;
+pub mod catalog;
+pub mod error;
+pub mod stream;
+
+use crate::error::ApiError;
+use poem::listener::TcpAcceptor;
+use poem::middleware::Tracing;
+use poem::{EndpointExt, Route, Server, get, handler};
+use poem_openapi::OpenApiService;
+use std::future::Future;
+use std::time::Duration;
+use url::Url;
+use velour_core::settings::{DatabaseSettings, GatewaySettings, RedisSettings, StreamAddrSettings};
+use velour_db::scans::ScanRunRow;
+use velour_jobs::{ScanLocation, ScanStorage};
+
+/// Where the OpenAPI document is served.
+pub const SPEC_PATH: &str = "/api/v1/openapi.json";
+
+/// What every request handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub pool: sqlx::PgPool,
+    pub scans: ScanStorage,
+    pub stream_http: reqwest::Client,
+    /// The stream service's base URL, ending with `/`.
+    pub stream_base_url: Url,
+    pub instance_name: String,
+}
+
+impl GatewayState {
+    pub async fn new(
+        pool: sqlx::PgPool,
+        redis: &RedisSettings,
+        stream_base_url: Url,
+        instance_name: String,
+    ) -> anyhow::Result<Self> {
+        let conn = velour_jobs::connect(redis.redis_url.as_str()).await?;
+        // Only connecting needs a bound: the stream service may rightly take hours to send
+        // a film, but it must not leave us waiting to start.
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            pool,
+            scans: velour_jobs::scan_storage(conn),
+            stream_http,
+            stream_base_url,
+            instance_name,
+        })
+    }
+
+    /// Pushes the job for a scan run just created. If Redis will not take it, the run is
+    /// marked failed so it does not sit queued forever, and the caller is told to retry.
+    async fn queue_scan(&self, run: &ScanRunRow) -> Result<(), ApiError> {
+        let job =
+            ScanLocation { scan_run_id: run.id, storage_location_id: run.storage_location_id };
+        let mut storage = self.scans.clone();
+        if let Err(err) = velour_jobs::push_scan(&mut storage, job).await {
+            tracing::error!(scan_run.id = run.id, error = %err, "could not queue scan");
+            let message = "the job queue is unavailable";
+            let counts = Default::default();
+            if let Err(db) =
+                velour_db::scans::finish_scan_run(&self.pool, run.id, counts, Some(message)).await
+            {
+                tracing::error!(scan_run.id = run.id, error = %db, "could not fail the scan run");
+            }
+            return Err(ApiError::unavailable(
+                "queue-unavailable",
+                "the job queue is unavailable; try again shortly",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The documented API, without state: used to serve and to write the committed copy.
+pub fn api_service() -> OpenApiService<(catalog::CatalogApi, stream::StreamApi, admin::AdminApi), ()>
+{
+    OpenApiService::new(
+        (catalog::CatalogApi, stream::StreamApi, admin::AdminApi),
+        "Velour",
+        velour_core::VERSION,
+    )
+    .description(
+        "A self-hosted video library that shares its catalog with trusted Velour peers. \
+         Every call needs an API key: `Authorization: Bearer KEY`.",
+    )
+}
+
+/// The OpenAPI document as JSON, exactly as served at `SPEC_PATH`.
+pub fn openapi_json() -> String {
+    api_service().spec()
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The gateway's routes: the API, its document, Swagger UI and a health check.
+pub fn app(state: GatewayState) -> impl poem::Endpoint {
+    let api = api_service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at(SPEC_PATH, spec)
+        .nest("/docs", docs)
+        .at("/healthz", get(healthz))
+        .data(state)
+        .catch_all_error(error::render_any_error)
+        .with(Tracing)
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: GatewayState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
+        .await?;
+    Ok(())
+}
+
+/// Connects to everything the settings name, binds, and serves until `shutdown`.
+pub async fn run(
+    db: &DatabaseSettings,
+    redis: &RedisSettings,
+    gateway: &GatewaySettings,
+    stream: &StreamAddrSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = velour_db::connect_and_migrate(db).await?;
+    let stream_url = gateway.stream_base_url(stream)?;
+    let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
+        anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
+    })?;
+    tracing::info!(addr = %gateway.gateway_addr, "gateway listening");
+    serve(listener, state, shutdown).await
+}

@@ -1,0 +1,33 @@
+//! `velour-gateway`: the API gateway on its own.
+
+use clap::Parser;
+use velour_core::settings::{DatabaseSettings, GatewaySettings, RedisSettings, StreamAddrSettings};
+
+/// Velour's API gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    db: DatabaseSettings,
+    #[command(flatten)]
+    redis: RedisSettings,
+    #[command(flatten)]
+    gateway: GatewaySettings,
+    #[command(flatten)]
+    stream: StreamAddrSettings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    velour_gateway::run(&cli.db, &cli.redis, &cli.gateway, &cli.stream, shutdown).await
+}

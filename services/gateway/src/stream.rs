@@ -1,0 +1,183 @@
+//! Video bytes: the gateway checks the caller's key, then relays the request to the stream
+//! service and streams its answer back without holding it.
+
+use crate::GatewayState;
+use crate::auth::ApiKeyAuth;
+use crate::catalog::ApiTags;
+use crate::error::{ApiError, ErrorBody};
+use futures_util::TryStreamExt;
+use poem::Body;
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::{Binary, Response};
+use poem_openapi::{ApiResponse, OpenApi};
+use reqwest::header::{self, HeaderMap, HeaderName};
+
+/// Request headers that shape a ranged or conditional read, passed on as they came.
+const FORWARDED_REQUEST: [HeaderName; 6] = [
+    header::AUTHORIZATION,
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+];
+
+/// Response headers that describe the bytes; nothing else of the stream service's answer
+/// is passed on.
+const FORWARDED_RESPONSE: [HeaderName; 7] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
+];
+
+#[derive(ApiResponse)]
+pub enum StreamResponse {
+    /// The whole video (no `Range`, or one that was ignored).
+    #[oai(status = 200)]
+    Full(Binary<Body>),
+    /// The requested byte range, described by `Content-Range`.
+    #[oai(status = 206)]
+    Partial(Binary<Body>),
+    /// The caller's cached copy is still current.
+    #[oai(status = 304)]
+    NotModified,
+}
+
+pub struct StreamApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Stream")]
+impl StreamApi {
+    /// The video's bytes, with HTTP range requests (`Range: bytes=START-END`, open-ended
+    /// and suffix ranges). A peer's video plays through this instance like its own.
+    #[oai(path = "/videos/:id/stream", method = "get", operation_id = "stream_video")]
+    async fn stream(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        request: &poem::Request,
+        id: Path<i64>,
+    ) -> Result<Response<StreamResponse>, ApiError> {
+        auth.require_stream()?;
+        relay(&state, reqwest::Method::GET, id.0, request).await
+    }
+
+    /// The headers `GET` would answer (size, type, ranges), without the bytes.
+    #[oai(path = "/videos/:id/stream", method = "head", operation_id = "head_video_stream")]
+    async fn stream_head(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        request: &poem::Request,
+        id: Path<i64>,
+    ) -> Result<Response<StreamResponse>, ApiError> {
+        auth.require_stream()?;
+        relay(&state, reqwest::Method::HEAD, id.0, request).await
+    }
+
+    /// The video's thumbnail image.
+    #[oai(path = "/videos/:id/thumbnail", method = "get", operation_id = "get_video_thumbnail")]
+    async fn thumbnail(
+        &self,
+        auth: ApiKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<Binary<Vec<u8>>, ApiError> {
+        auth.require_stream()?;
+        velour_db::catalog::get_video(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "video"))?;
+        // TODO(#3): generate thumbnails in the worker and serve them here.
+        Err(ApiError::NotFound(poem_openapi::payload::Json(ErrorBody {
+            code: "thumbnail-not-found".to_owned(),
+            error: "this video has no thumbnail".to_owned(),
+        })))
+    }
+}
+
+async fn relay(
+    state: &GatewayState,
+    method: reqwest::Method,
+    id: i64,
+    request: &poem::Request,
+) -> Result<Response<StreamResponse>, ApiError> {
+    let url = state
+        .stream_base_url
+        .join(&format!("api/v1/videos/{id}/stream"))
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_REQUEST {
+        for value in request.headers().get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
+    let upstream = state.stream_http.request(method, url).headers(headers).send().await;
+    let upstream = match upstream {
+        Ok(response) => response,
+        Err(err) if err.is_timeout() => {
+            tracing::warn!(video.id = id, error = %err, "stream service timed out");
+            return Err(ApiError::GatewayTimeout(error_json(
+                "stream-timeout",
+                "the stream service did not answer in time",
+            )));
+        }
+        Err(err) => {
+            tracing::error!(video.id = id, error = %err, "stream service unreachable");
+            return Err(ApiError::unavailable(
+                "stream-unavailable",
+                "the stream service is unreachable; try again shortly",
+            ));
+        }
+    };
+
+    let status = upstream.status();
+    if !(status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED) {
+        return Err(relayed_error(upstream).await);
+    }
+
+    let forwarded: Vec<_> = FORWARDED_RESPONSE
+        .iter()
+        .flat_map(|name| upstream.headers().get_all(name).iter().map(|v| (name.clone(), v.clone())))
+        .collect();
+    let body = Body::from_bytes_stream(upstream.bytes_stream().map_err(std::io::Error::other));
+    let inner = match status.as_u16() {
+        206 => StreamResponse::Partial(Binary(body)),
+        304 => StreamResponse::NotModified,
+        _ => StreamResponse::Full(Binary(body)),
+    };
+    let mut answer = Response::new(inner);
+    for (name, value) in forwarded {
+        answer = answer.header(name, value);
+    }
+    Ok(answer)
+}
+
+fn error_json(code: &str, message: &str) -> poem_openapi::payload::Json<ErrorBody> {
+    poem_openapi::payload::Json(ErrorBody { code: code.to_owned(), error: message.to_owned() })
+}
+
+/// The stream service answers errors in our JSON shape; keep its code and message. An
+/// answer that is not (a proxy in between, a crash) becomes a plain 502.
+async fn relayed_error(upstream: reqwest::Response) -> ApiError {
+    let status = upstream.status();
+    let content_range = upstream
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Our error bodies are small; one that claims otherwise is not read at all.
+    let small = upstream.content_length().is_some_and(|n| n <= 64 * 1024);
+    let body = if small { upstream.bytes().await.unwrap_or_default() } else { Default::default() };
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(relayed) => ApiError::relayed(status, relayed, content_range),
+        Err(_) => {
+            tracing::error!(status = status.as_u16(), "stream service answered without JSON");
+            ApiError::BadGateway(error_json("stream-error", "the stream service failed"))
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The stream service: a video's bytes, with HTTP range requests, from the local folder or
+//! the peer that holds it.
+//!
+//! The gateway documents and relays the public API; this service answers
+//! `GET`/`HEAD /api/v1/videos/:id/stream` and checks the caller's key itself, so it is safe
+//! to reach directly too.
+
+mod auth;
+mod error;
+mod local;
+mod metered;
+mod peer;
+#[cfg(test)]
+mod tests;
+
+use anyhow::Context;
+use error::StreamError;
+use poem::http::{HeaderMap, HeaderName, header};
+use poem::listener::TcpAcceptor;
+use poem::web::Data;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server, handler};
+use sqlx::PgPool;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::instrument;
+use velour_core::StorageType;
+use velour_core::settings::{DatabaseSettings, PeerSettings, StreamAddrSettings, redact_url};
+use velour_db::DbError;
+use velour_storage::ByteRange;
+
+/// How long a shutdown waits for open streams. A film can take hours to watch, so open
+/// streams are cut after this; players resume with a range request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The stream service's settings, as flags and environment variables.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "velour-stream", version, about = "Velour's stream service")]
+pub struct StreamCli {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub addr: StreamAddrSettings,
+    #[command(flatten)]
+    pub peer: PeerSettings,
+}
+
+/// What every request needs: the catalog and one HTTP client shared by all peers.
+#[derive(Clone)]
+pub struct StreamState {
+    pool: PgPool,
+    http: reqwest::Client,
+    peer: PeerSettings,
+}
+
+impl StreamState {
+    pub fn new(pool: PgPool, peer: PeerSettings) -> anyhow::Result<Self> {
+        let http = velour_peer::http_client(&peer).context("could not build the peer client")?;
+        Ok(Self { pool, http, peer })
+    }
+}
+
+/// The service's routes, ready for `poem::Server` (or `poem::test::TestClient`).
+pub fn app(state: StreamState) -> impl Endpoint + 'static {
+    Route::new()
+        .at("/api/v1/videos/:id/stream", poem::get(stream_video).head(stream_video))
+        .at("/healthz", poem::get(healthz))
+        .data(state)
+        .catch_all_error(error::routing_error)
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: StreamState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("the listener has no address")?;
+    let acceptor = TcpAcceptor::from_tokio(listener).context("could not accept on the listener")?;
+    tracing::info!(%addr, "stream service listening");
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(SHUTDOWN_GRACE))
+        .await
+        .context("the stream service stopped")?;
+    tracing::info!("stream service stopped");
+    Ok(())
+}
+
+/// Opens the catalog (migrating it), binds `VELOUR_STREAM_ADDR` and serves until
+/// `shutdown` resolves. Takes references like the gateway's `run`, so that one set of
+/// settings can start several services.
+pub async fn run(
+    db: &DatabaseSettings,
+    addr: &StreamAddrSettings,
+    peer: &PeerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = velour_db::connect_and_migrate(db).await.with_context(|| {
+        format!("could not open the catalog at {} (DATABASE_URL)", redact_url(&db.database_url))
+    })?;
+    let state = StreamState::new(pool, peer.clone())?;
+    let listener = TcpListener::bind(addr.stream_addr).await.with_context(|| {
+        format!("could not listen on {} (VELOUR_STREAM_ADDR)", addr.stream_addr)
+    })?;
+    serve(listener, state, shutdown).await
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn stream_video(req: &Request, Data(state): Data<&StreamState>) -> Response {
+    // A malformed id names no video: the same 404 as an unknown one.
+    let Some(id) = req.raw_path_param("id").and_then(|raw| raw.parse::<i64>().ok()) else {
+        return StreamError::NotFound.into_response();
+    };
+    find_and_stream(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[instrument(skip_all, fields(video.id = id, http.method = %req.method(), api_key.id))]
+async fn find_and_stream(
+    state: &StreamState,
+    id: i64,
+    req: &Request,
+) -> Result<Response, StreamError> {
+    let key = auth::require_stream(&state.pool, req.headers()).await?;
+    tracing::Span::current().record("api_key.id", key.id);
+
+    let video =
+        velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
+    let location =
+        velour_db::locations::get_location_with_secrets(&state.pool, video.storage_location_id)
+            .await
+            .map_err(not_found_or_internal)?;
+
+    match location.location.kind() {
+        Some(StorageType::Local) => local::serve(&video, &location, req).await,
+        Some(StorageType::Velour) => peer::serve(state, &video, &location, req).await,
+        // TODO(#3): S3 streaming (ranged GetObject); until then S3 videos cannot be played.
+        Some(StorageType::S3) => Err(StreamError::StorageNotSupported),
+        None => {
+            tracing::error!(
+                location.id = location.location.id,
+                storage_type = location.location.storage_type,
+                "unknown storage type"
+            );
+            Err(StreamError::StorageUnavailable)
+        }
+    }
+}
+
+fn not_found_or_internal(err: DbError) -> StreamError {
+    match err {
+        DbError::NotFound => StreamError::NotFound,
+        err => {
+            tracing::error!(error = %err, "catalog query failed");
+            StreamError::Internal
+        }
+    }
+}
+
+/// A header's value if it is present once and readable as text.
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok(),
+        _ => None,
+    }
+}
+
+/// The request's single byte range; `None` when there is none or it is to be ignored
+/// (RFC 9110 §14.2). Several `Range` lines are several ranges, ignored like a list.
+fn requested_range(headers: &HeaderMap) -> Option<ByteRange> {
+    header_str(headers, &header::RANGE).and_then(ByteRange::parse)
+}

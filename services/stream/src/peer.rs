@@ -1,0 +1,182 @@
+//! Videos another Velour instance holds: the request goes on to the peer with our key, and
+//! its answer comes back a chunk at a time.
+
+use crate::error::StreamError;
+use crate::metered::MeteredStream;
+use crate::{StreamState, requested_range};
+use futures_util::TryStreamExt;
+use poem::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use poem::{Body, Request, Response};
+use secrecy::SecretString;
+use serde_json::Value;
+use url::Url;
+use velour_core::settings::redact_url;
+use velour_db::catalog::VideoRow;
+use velour_db::locations::LocationWithSecrets;
+use velour_peer::{PeerClient, PeerError};
+use velour_storage::{ByteRange, ContentRange};
+
+/// Conditional request headers passed on as they came. `Range` is passed on too, but only
+/// once parsed, and nothing else of the caller's request (least of all its key) is.
+const FORWARDED_REQUEST: [HeaderName; 3] =
+    [header::IF_RANGE, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
+
+/// The peer's response headers that describe the bytes; no other header is relayed.
+const RELAYED_RESPONSE: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    header::ETAG,
+    header::LAST_MODIFIED,
+];
+
+/// Answers a GET or HEAD for a video that a peer holds.
+pub(crate) async fn serve(
+    state: &StreamState,
+    video: &VideoRow,
+    location: &LocationWithSecrets,
+    req: &Request,
+) -> Result<Response, StreamError> {
+    let location_id = location.location.id;
+    let client = peer_client(state, location)?;
+    let Some(remote_id) = video.video_metadata.0.get("remote_video_id").and_then(Value::as_i64)
+    else {
+        tracing::error!(location.id = location_id, "peer video has no remote_video_id");
+        return Err(StreamError::StorageUnavailable);
+    };
+
+    let range = requested_range(req.headers());
+    let forwarded = forwarded_headers(req.headers(), range);
+    let upstream = client
+        .stream(req.method().clone(), remote_id, forwarded)
+        .await
+        .map_err(|e| peer_failed(&e, &client))?;
+
+    accept_status(upstream.status(), range, upstream.headers(), &client)?;
+    Ok(relay(upstream, video.id, req.method()))
+}
+
+/// A client for the location's peer, sharing the service's connection pool.
+fn peer_client(
+    state: &StreamState,
+    location: &LocationWithSecrets,
+) -> Result<PeerClient, StreamError> {
+    let location_id = location.location.id;
+    let url = location.location.config_str("remote_instance_url").map(Url::parse);
+    let (Some(Ok(url)), Some(key)) = (url, location.secret_str("api_key")) else {
+        tracing::error!(
+            location.id = location_id,
+            "peer location lacks a valid remote_instance_url or api_key"
+        );
+        return Err(StreamError::StorageUnavailable);
+    };
+    let key = SecretString::from(key.to_owned());
+    PeerClient::with_http(state.http.clone(), &url, key, state.peer.max_page_bytes).map_err(|e| {
+        tracing::error!(location.id = location_id, error = %e, "peer location is unusable");
+        StreamError::StorageUnavailable
+    })
+}
+
+fn forwarded_headers(headers: &HeaderMap, range: Option<ByteRange>) -> HeaderMap {
+    let mut forwarded = HeaderMap::new();
+    if let Some(Ok(value)) = range.map(|r| HeaderValue::try_from(r.to_string())) {
+        forwarded.insert(header::RANGE, value);
+    }
+    for name in FORWARDED_REQUEST {
+        for value in headers.get_all(&name) {
+            forwarded.append(name.clone(), value.clone());
+        }
+    }
+    forwarded
+}
+
+fn peer_failed(err: &PeerError, client: &PeerClient) -> StreamError {
+    let peer = redact_url(client.base_url());
+    match err {
+        PeerError::Timeout { .. } => {
+            tracing::warn!(peer.url = %peer, error = %err, "peer timed out");
+            StreamError::PeerTimeout
+        }
+        PeerError::Unreachable { .. } => {
+            tracing::warn!(peer.url = %peer, error = %err, "peer unreachable");
+            StreamError::PeerUnreachable
+        }
+        _ => {
+            tracing::error!(peer.url = %peer, error = %err, "peer request failed");
+            StreamError::PeerError
+        }
+    }
+}
+
+/// Whether the peer's answer is one we relay, and if not, what we answer instead.
+fn accept_status(
+    status: StatusCode,
+    range: Option<ByteRange>,
+    headers: &HeaderMap,
+    client: &PeerClient,
+) -> Result<(), StreamError> {
+    let peer = redact_url(client.base_url());
+    match status {
+        StatusCode::OK | StatusCode::NOT_MODIFIED => Ok(()),
+        StatusCode::PARTIAL_CONTENT => {
+            let answered = headers
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ContentRange::parse);
+            match (range, answered) {
+                (Some(range), Some(answered)) if range.is_answered_by(answered) => Ok(()),
+                _ => {
+                    tracing::error!(
+                        peer.url = %peer,
+                        asked = range.map(|r| r.to_string()),
+                        answered = ?headers.get(header::CONTENT_RANGE),
+                        "peer sent a range we did not ask for"
+                    );
+                    Err(StreamError::PeerError)
+                }
+            }
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            let size = headers
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes */"))
+                .and_then(|size| size.parse().ok());
+            Err(StreamError::RangeNotSatisfiable { size })
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            tracing::error!(peer.url = %peer, status = status.as_u16(), "peer refused our key");
+            Err(StreamError::PeerRefused)
+        }
+        StatusCode::NOT_FOUND => {
+            tracing::warn!(peer.url = %peer, "peer no longer has the video");
+            Err(StreamError::FileMissing)
+        }
+        _ => {
+            tracing::warn!(peer.url = %peer, status = status.as_u16(), "peer failed");
+            Err(StreamError::PeerError)
+        }
+    }
+}
+
+/// The peer's status, the headers that describe the bytes, and the bytes as they come.
+fn relay(upstream: reqwest::Response, video_id: i64, method: &Method) -> Response {
+    let mut response = Response::builder().status(upstream.status());
+    for name in RELAYED_RESPONSE {
+        for value in upstream.headers().get_all(&name) {
+            response = response.header(name.clone(), value.clone());
+        }
+    }
+    if method == Method::HEAD || upstream.status() == StatusCode::NOT_MODIFIED {
+        return response.body(Body::empty());
+    }
+    // Read as the client reads: a slow client slows the peer, so memory stays bounded.
+    let expected = upstream
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let bytes = upstream.bytes_stream().map_err(std::io::Error::other);
+    response.body(Body::from_bytes_stream(MeteredStream::new(bytes, video_id, expected)))
+}

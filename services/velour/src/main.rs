@@ -1,0 +1,219 @@
+//! `velour`: the one binary operators run. Each service alone (`gateway`, `worker`,
+//! `stream`) for scaled deployments, all three in one process (`up`), plus the chores that
+//! go with them (`migrate`, `key create`).
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use secrecy::ExposeSecret;
+use std::io::Write;
+use tokio_util::sync::CancellationToken;
+use velour_core::Permissions;
+use velour_core::settings::{
+    DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, StreamAddrSettings,
+    WorkerSettings,
+};
+use velour_db::keys::KeyOwner;
+
+/// Velour: a self-hosted video library that federates with trusted peers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API gateway.
+    Gateway {
+        #[command(flatten)]
+        db: DatabaseSettings,
+        #[command(flatten)]
+        redis: RedisSettings,
+        #[command(flatten)]
+        gateway: GatewaySettings,
+        #[command(flatten)]
+        stream: StreamAddrSettings,
+    },
+    /// Run a worker that takes scan jobs from Redis.
+    Worker {
+        #[command(flatten)]
+        db: DatabaseSettings,
+        #[command(flatten)]
+        redis: RedisSettings,
+        #[command(flatten)]
+        worker: WorkerSettings,
+        #[command(flatten)]
+        peer: PeerSettings,
+    },
+    /// Run the stream service.
+    Stream {
+        #[command(flatten)]
+        db: DatabaseSettings,
+        #[command(flatten)]
+        stream: StreamAddrSettings,
+        #[command(flatten)]
+        peer: PeerSettings,
+    },
+    /// Run the gateway, a worker and the stream service in one process.
+    Up(Box<UpArgs>),
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseSettings,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    db: DatabaseSettings,
+    #[command(flatten)]
+    redis: RedisSettings,
+    #[command(flatten)]
+    gateway: GatewaySettings,
+    #[command(flatten)]
+    stream: StreamAddrSettings,
+    #[command(flatten)]
+    worker: WorkerSettings,
+    #[command(flatten)]
+    peer: PeerSettings,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Issue a key and print it, alone, on standard output. It is shown this once.
+    Create {
+        #[command(flatten)]
+        db: DatabaseSettings,
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// The key may use the admin API.
+        #[arg(long)]
+        admin: bool,
+        /// The key may read the catalog.
+        #[arg(long)]
+        can_read: bool,
+        /// The key may stream videos.
+        #[arg(long)]
+        can_stream: bool,
+        /// The key may see fingerprints and technical metadata.
+        #[arg(long)]
+        can_metadata: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Logs go to standard error, so that `key create` prints nothing but the key.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        }
+    });
+
+    match cli.command {
+        Command::Gateway { db, redis, gateway, stream } => {
+            velour_gateway::run(&db, &redis, &gateway, &stream, stop.cancelled_owned()).await
+        }
+        Command::Worker { db, redis, worker, peer } => {
+            velour_worker::run_from_settings(&db, &redis, &worker, &peer, stop.cancelled_owned())
+                .await
+        }
+        Command::Stream { db, stream, peer } => {
+            velour_stream::run(&db, &stream, &peer, stop.cancelled_owned()).await
+        }
+        Command::Up(args) => up(*args, stop).await,
+        Command::Migrate { db } => {
+            velour_db::connect_and_migrate(&db).await.context("DATABASE_URL: migration failed")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Key { command } => match command {
+            KeyCommand::Create { db, name, admin, can_read, can_stream, can_metadata } => {
+                let permissions = Permissions { can_read, can_stream, can_metadata };
+                create_key(&db, &name, admin, permissions).await
+            }
+        },
+    }
+}
+
+/// All three services in one process; when one stops, the others are told to stop too.
+async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    // Migrate once, before the services race to do it.
+    velour_db::connect_and_migrate(&args.db).await.context("DATABASE_URL: migration failed")?;
+
+    let gateway = velour_gateway::run(
+        &args.db,
+        &args.redis,
+        &args.gateway,
+        &args.stream,
+        stop.clone().cancelled_owned(),
+    );
+    let stream =
+        velour_stream::run(&args.db, &args.stream, &args.peer, stop.clone().cancelled_owned());
+    let worker = velour_worker::run_from_settings(
+        &args.db,
+        &args.redis,
+        &args.worker,
+        &args.peer,
+        stop.clone().cancelled_owned(),
+    );
+    let guard = stop.clone().drop_guard();
+    let (g, s, w) = tokio::join!(
+        stop_all_on_exit(gateway, &stop),
+        stop_all_on_exit(stream, &stop),
+        stop_all_on_exit(worker, &stop)
+    );
+    drop(guard);
+    g.context("gateway")?;
+    s.context("stream service")?;
+    w.context("worker")?;
+    Ok(())
+}
+
+async fn stop_all_on_exit(
+    service: impl std::future::Future<Output = anyhow::Result<()>>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let result = service.await;
+    stop.cancel();
+    result
+}
+
+async fn create_key(
+    db: &DatabaseSettings,
+    name: &str,
+    admin: bool,
+    permissions: Permissions,
+) -> anyhow::Result<()> {
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty(), "--name must not be blank");
+    let pool = velour_db::connect_and_migrate(db).await.context("DATABASE_URL")?;
+    let owner = if admin { KeyOwner::Admin } else { KeyOwner::Member };
+    let (row, key) = velour_db::keys::create_api_key(&pool, owner, name, permissions).await?;
+    tracing::info!(api_key.id = row.id, api_key.prefix = %row.key_prefix, admin, "key created");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", key.expose_secret())?;
+    out.flush()?;
+    Ok(())
+}

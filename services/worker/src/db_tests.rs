@@ -1,0 +1,551 @@
+//! Scans against the real Postgres (127.0.0.1:5432, trust auth), ffmpeg/ffprobe and Redis.
+//! Each test gets a database of its own, dropped at the end even when the test fails.
+//! `VELOUR_TEST_POSTGRES_URL` and `VELOUR_TEST_REDIS_URL` point them elsewhere.
+
+use crate::scan::SCAN_LOCK_CLASS;
+use crate::{ScanError, ScanFailure, WorkerState, scan_location};
+use futures_util::FutureExt;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use url::Url;
+use velour_core::StorageType;
+use velour_core::settings::{DatabaseSettings, PeerSettings, WorkerSettings};
+use velour_db::PageRequest;
+use velour_db::locations::{NewLocation, create_location};
+use velour_db::scans::{ScanCounts, enqueue_scan_run, get_scan_run, list_scan_skips};
+use velour_jobs::ScanLocation;
+
+fn postgres_server() -> String {
+    std::env::var("VELOUR_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432".into())
+}
+
+/// Runs `test` on a fresh, migrated database and drops the database afterwards.
+async fn with_database<F, Fut>(test: F)
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let server = postgres_server();
+    let name = format!("velour_worker_test_{}", uuid::Uuid::new_v4().simple());
+    let url = Url::parse(&format!("{server}/{name}")).unwrap();
+    let pool = velour_db::connect_and_migrate(&DatabaseSettings { database_url: url })
+        .await
+        .expect("Postgres must be running for the worker's database tests");
+
+    let outcome = AssertUnwindSafe(test(pool.clone())).catch_unwind().await;
+
+    pool.close().await;
+    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
+    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn state(pool: &PgPool) -> WorkerState {
+    WorkerState::new(pool.clone(), WorkerSettings::default(), PeerSettings::default())
+}
+
+/// A real one-second (or longer) H.264/AAC video made by ffmpeg.
+fn make_video(path: &Path, seconds: u32) {
+    let source = format!("testsrc=duration={seconds}:size=160x120:rate=10");
+    let sine = format!("sine=duration={seconds}");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", &source])
+        .args(["-f", "lavfi", "-i", &sine, "-c:v", "libx264", "-c:a", "aac", "-shortest"])
+        .arg(path)
+        .status()
+        .expect("ffmpeg must be installed for the worker's scan tests");
+    assert!(status.success(), "ffmpeg failed to make {}", path.display());
+}
+
+async fn add_location(pool: &PgPool, name: &str, kind: StorageType, config: Value) -> i64 {
+    let secrets =
+        if kind == StorageType::Velour { json!({"api_key": "peer-key"}) } else { json!({}) };
+    let new = NewLocation { name, storage_type: kind, configuration: config, secrets };
+    create_location(pool, new).await.unwrap().id
+}
+
+async fn scan(state: &WorkerState, location_id: i64) -> (i64, Result<ScanCounts, ScanError>) {
+    let (run, created) = enqueue_scan_run(&state.pool, location_id).await.unwrap();
+    assert!(created, "a fresh run is queued for each scan");
+    let job = ScanLocation { scan_run_id: run.id, storage_location_id: location_id };
+    (run.id, scan_location(state, job).await)
+}
+
+/// Every row's `updated_at`, to show that a rescan wrote nothing.
+async fn stamps(pool: &PgPool) -> Vec<(String, i64, chrono::DateTime<chrono::Utc>)> {
+    sqlx::query_as(
+        "SELECT 'video', id, updated_at FROM videos UNION ALL
+         SELECT 'work', id, updated_at FROM works ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn only_seen(works: i32, videos: i32) -> ScanCounts {
+    ScanCounts { works_seen: works, videos_seen: videos, ..ScanCounts::default() }
+}
+
+#[tokio::test]
+async fn folder_scans_index_new_files_and_rescans_change_nothing() {
+    with_database(|pool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("Big Buck Bunny (2008)")).unwrap();
+        make_video(&root.join("Big Buck Bunny (2008)/bbb.mp4"), 1);
+        make_video(&root.join("Elephants_Dream.mp4"), 2);
+        std::fs::write(root.join("broken.mp4"), b"not a video at all").unwrap();
+        std::fs::write(root.join("notes.txt"), b"not a video either").unwrap();
+
+        let state = state(&pool);
+        let config = json!({ "path": root });
+        let location = add_location(&pool, "Films", StorageType::Local, config).await;
+
+        // First scan: two videos and their works are added; the broken file is skipped.
+        let (run_id, counts) = scan(&state, location).await;
+        let expected = ScanCounts { works_added: 2, videos_added: 2, ..only_seen(2, 2) };
+        assert_eq!(counts.unwrap(), expected);
+        let run = get_scan_run(&pool, run_id).await.unwrap();
+        assert_eq!((run.state.as_str(), run.videos_added, run.videos_skipped), ("succeeded", 2, 1));
+        let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
+        assert_eq!(skips[0].path, "broken.mp4");
+        assert!(skips[0].reason.starts_with("ffprobe could not read the file"), "{skips:?}");
+        assert_eq!(state.probes.load(Ordering::Relaxed), 3);
+
+        let page = PageRequest::new(None, None).unwrap();
+        let (works, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        assert_eq!(total, 2);
+        let titles: Vec<(&str, Option<i32>)> =
+            works.iter().map(|w| (w.work.title.as_str(), w.work.year)).collect();
+        assert_eq!(titles, [("Big Buck Bunny", Some(2008)), ("Elephants Dream", None)]);
+        let bbb = &works[0].videos[0];
+        assert_eq!(
+            (bbb.source_key.as_str(), bbb.filename.as_str()),
+            ("Big Buck Bunny (2008)/bbb.mp4", "Big Buck Bunny (2008)/bbb.mp4")
+        );
+        assert_eq!((bbb.width, bbb.height), (Some(160), Some(120)));
+        assert_eq!(
+            (bbb.video_codec.as_deref(), bbb.audio_codec.as_deref()),
+            (Some("h264"), Some("aac"))
+        );
+        assert!(bbb.web_compatible);
+        assert!(bbb.duration.is_some_and(|d| (d - 1.0).abs() < 0.1), "{:?}", bbb.duration);
+        let oshash =
+            crate::oshash::oshash_file(&root.join("Big Buck Bunny (2008)/bbb.mp4")).unwrap();
+        assert_eq!(bbb.fingerprints.0, json!({ "oshash": oshash }));
+
+        // Rescan of the unchanged folder: nothing counted, nothing probed again but the
+        // broken file, nothing written.
+        let before = stamps(&pool).await;
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap(), only_seen(2, 2));
+        assert_eq!(state.probes.load(Ordering::Relaxed), 4);
+        assert_eq!(stamps(&pool).await, before);
+
+        // A deleted file is marked removed, and its work has nothing left.
+        let kept = root.join("kept.bin");
+        std::fs::rename(root.join("Elephants_Dream.mp4"), &kept).unwrap();
+        let (_, counts) = scan(&state, location).await;
+        let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(1, 1) };
+        assert_eq!(counts.unwrap(), expected);
+        let (_, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        assert_eq!(total, 1);
+
+        // Back again: the same row is present again and counts as added.
+        std::fs::rename(&kept, root.join("Elephants_Dream.mp4")).unwrap();
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap(), ScanCounts { videos_added: 1, ..only_seen(2, 2) });
+        let videos: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&pool).await.unwrap();
+        assert_eq!(videos, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_folder_fails_the_run_with_its_reason() {
+    with_database(|pool| async move {
+        let state = state(&pool);
+        let config = json!({ "path": "/nonexistent/velour/films" });
+        let location = add_location(&pool, "Gone", StorageType::Local, config).await;
+
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::FolderUnreadable { .. }))));
+        let run = get_scan_run(&pool, run_id).await.unwrap();
+        assert_eq!(run.state, "failed");
+        let error = run.error.unwrap_or_default();
+        assert!(error.starts_with("cannot read the folder /nonexistent/velour/films"), "{error}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_finished_run_is_not_scanned_again() {
+    with_database(|pool| async move {
+        let state = state(&pool);
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({ "path": dir.path() });
+        let location = add_location(&pool, "Empty", StorageType::Local, config).await;
+
+        let (run_id, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap(), ScanCounts::default());
+        let again = ScanLocation { scan_run_id: run_id, storage_location_id: location };
+        let outcome = scan_location(&state, again).await;
+        assert!(matches!(outcome, Err(ScanError::RunNotActive(id)) if id == run_id));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_locked_location_fails_queued_runs_and_leaves_running_ones_alone() {
+    with_database(|pool| async move {
+        let mut state = state(&pool);
+        state.lock_wait = Duration::from_millis(1500);
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({ "path": dir.path() });
+        let location = add_location(&pool, "Busy", StorageType::Local, config).await;
+
+        // Another worker's scan of the location, as far as the lock can tell.
+        let mut holder = pool.acquire().await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(SCAN_LOCK_CLASS)
+            .bind(location as i32)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::LocationBusy(_)))));
+        let run = get_scan_run(&pool, run_id).await.unwrap();
+        assert_eq!(run.state, "failed");
+        assert!(run.error.unwrap_or_default().starts_with("another scan of this location"));
+
+        let (run, _) = enqueue_scan_run(&pool, location).await.unwrap();
+        velour_db::scans::start_scan_run(&pool, run.id).await.unwrap();
+        let job = ScanLocation { scan_run_id: run.id, storage_location_id: location };
+        let outcome = scan_location(&state, job).await;
+        assert!(matches!(outcome, Err(ScanError::LocationBusy)));
+        assert_eq!(get_scan_run(&pool, run.id).await.unwrap().state, "running");
+
+        // Once the holder lets go, the running run is taken over and finished.
+        holder.close().await.unwrap();
+        assert_eq!(scan_location(&state, job).await.unwrap(), ScanCounts::default());
+    })
+    .await;
+}
+
+/// What the fake peer answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerMode {
+    TwoPages,
+    SecondPageFails,
+    FirstPageOnly,
+    /// Every page says there is one more.
+    Endless,
+    RefusesKey,
+}
+
+/// A peer speaking just enough HTTP/1.1 for the client: one request per connection.
+struct FakePeer {
+    url: Url,
+    mode: Arc<Mutex<PeerMode>>,
+}
+
+impl FakePeer {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let mode = Arc::new(Mutex::new(PeerMode::TwoPages));
+        let shared = mode.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer(socket, shared.clone()));
+            }
+        });
+        Self { url, mode }
+    }
+
+    fn set(&self, mode: PeerMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+async fn answer(mut socket: TcpStream, mode: Arc<Mutex<PeerMode>>) {
+    let mut request = Vec::new();
+    let mut chunk = [0; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let authorized = head.contains("authorization: bearer peer-key");
+    let mode = *mode.lock().unwrap();
+    let (status, body) = route(mode, &target, authorized);
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(response.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, String) {
+    if !authorized || mode == PeerMode::RefusesKey {
+        return ("401 Unauthorized", json!({ "error": "Unauthorized" }).to_string());
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let page: i64 = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("page="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    let ok = |body: Value| ("200 OK", body.to_string());
+    match path {
+        "/api/v1/ping" => ok(json!({ "status": "ok", "timestamp": "2026-01-01T00:00:00Z" })),
+        "/api/v1/instance" => ok(json!({ "name": "Fake", "version": "0.1.0", "total_works": 2 })),
+        "/api/v1/works" => match (mode, page) {
+            (PeerMode::SecondPageFails, 2) => ("500 Internal Server Error", "{}".to_owned()),
+            (PeerMode::Endless, n) => ok(works_page(n, n + 1, vec![amelie()])),
+            (PeerMode::FirstPageOnly, 1) => ok(works_page(1, 1, vec![amelie()])),
+            (_, 1) => ok(works_page(1, 2, vec![amelie()])),
+            (_, 2) => ok(works_page(2, 2, vec![big_buck_bunny()])),
+            (_, n) => ok(works_page(n, 2, vec![])),
+        },
+        _ => ("404 Not Found", "{}".to_owned()),
+    }
+}
+
+fn works_page(page: i64, total_pages: i64, works: Vec<Value>) -> Value {
+    json!({
+        "works": works,
+        "pagination": { "current_page": page, "total_pages": total_pages, "total_count": 2 }
+    })
+}
+
+fn amelie() -> Value {
+    json!({
+        "id": 1, "title": "Ame\u{301}lie", "year": 2001, "description": "A shy waitress",
+        "director": null, "rating": null, "organized": false,
+        "created_at": "2025-10-31T03:36:14Z",
+        "videos": [
+            {
+                "id": 11, "filename": "amelie.mkv", "file_size": 1234, "web_compatible": false,
+                "duration": 7200.5, "width": 1920, "height": 1080, "video_codec": "h264",
+                "audio_codec": "ac3", "fingerprints": { "oshash": "0123456789abcdef" },
+                "storage_type": "local", "created_at": "2025-10-31T03:36:14Z"
+            },
+            {
+                "id": 12, "filename": "borrowed.mp4", "file_size": 10, "fingerprints": {},
+                "storage_type": "velour", "created_at": "2025-10-31T03:36:14Z"
+            }
+        ]
+    })
+}
+
+fn big_buck_bunny() -> Value {
+    json!({
+        "id": 2, "title": "Big Buck Bunny", "year": 2008, "description": "A big rabbit",
+        "director": "Sacha Goedegebure", "rating": 6.5, "organized": false,
+        "created_at": "2025-10-31T03:36:14Z",
+        "videos": [{
+            "id": 21, "filename": "bbb.mp4", "file_size": 5000, "web_compatible": true,
+            "fingerprints": null, "storage_type": "local", "created_at": "2025-10-31T03:36:14Z"
+        }]
+    })
+}
+
+#[tokio::test]
+async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
+    with_database(|pool| async move {
+        let peer = FakePeer::start().await;
+        let state = state(&pool);
+        let config = json!({ "remote_instance_url": peer.url.as_str() });
+        let location = add_location(&pool, "Peer", StorageType::Velour, config).await;
+
+        // A work we already have, without the facts the peer knows.
+        let mut conn = pool.acquire().await.unwrap();
+        let bbb = velour_db::ingest::FoundWork {
+            title: "Big Buck Bunny",
+            year: Some(2008),
+            ..Default::default()
+        };
+        velour_db::ingest::upsert_work(&mut conn, &bbb).await.unwrap();
+        drop(conn);
+
+        // Both pages are read; the peer's own borrowed video is skipped.
+        let (run_id, counts) = scan(&state, location).await;
+        let expected =
+            ScanCounts { works_added: 1, works_updated: 1, videos_added: 2, ..only_seen(2, 2) };
+        assert_eq!(counts.unwrap(), expected);
+        let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
+        assert_eq!(skips.len(), 1);
+        assert_eq!(skips[0].path, "borrowed.mp4 (peer video 12)");
+
+        let page = PageRequest::new(None, None).unwrap();
+        let (works, _) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let amelie = works.iter().find(|w| w.work.year == Some(2001)).unwrap();
+        assert_eq!(amelie.work.title, "Am\u{e9}lie");
+        let video = &amelie.videos[0];
+        assert_eq!((video.source_key.as_str(), video.filename.as_str()), ("11", "amelie.mkv"));
+        assert_eq!(video.fingerprints.0, json!({ "oshash": "0123456789abcdef" }));
+        assert_eq!(
+            video.video_metadata.0,
+            json!({ "remote_video_id": 11, "remote_instance_url": peer.url.as_str() })
+        );
+        let bbb = works.iter().find(|w| w.work.year == Some(2008)).unwrap();
+        assert_eq!(bbb.work.description.as_deref(), Some("A big rabbit"));
+        assert_eq!(bbb.work.director.as_deref(), Some("Sacha Goedegebure"));
+        assert_eq!(bbb.videos[0].fingerprints.0, json!({}));
+
+        // Unchanged peer: nothing counted, nothing written.
+        let before = stamps(&pool).await;
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap(), only_seen(2, 2));
+        assert_eq!(stamps(&pool).await, before);
+
+        // A failing page fails the run, keeps the first page and removes nothing.
+        peer.set(PeerMode::SecondPageFails);
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::Peer(_)))), "{outcome:?}");
+        let run = get_scan_run(&pool, run_id).await.unwrap();
+        assert_eq!((run.state.as_str(), run.videos_seen, run.videos_removed), ("failed", 1, 0));
+        assert!(run.error.unwrap_or_default().contains("HTTP 500"));
+        let (_, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        assert_eq!(total, 2);
+
+        // A peer that lists less than before: what is gone is removed.
+        peer.set(PeerMode::FirstPageOnly);
+        let (_, counts) = scan(&state, location).await;
+        let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(1, 1) };
+        assert_eq!(counts.unwrap(), expected);
+
+        // A peer whose pages never end is read up to a bound, then the run fails.
+        peer.set(PeerMode::Endless);
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::PeerListing(_)))));
+        let error = get_scan_run(&pool, run_id).await.unwrap().error.unwrap_or_default();
+        assert_eq!(
+            error,
+            "the peer's listing is inconsistent: the peer still reported 103 pages after 102 \
+             were read"
+        );
+
+        // A refused key fails the run with the peer's answer.
+        peer.set(PeerMode::RefusesKey);
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(
+            outcome,
+            Err(ScanError::Failed(ScanFailure::Peer(velour_peer::PeerError::Unauthorized { .. })))
+        ));
+        let error = get_scan_run(&pool, run_id).await.unwrap().error.unwrap_or_default();
+        assert_eq!(error, "the peer refused our key on /api/v1/ping (HTTP 401)");
+    })
+    .await;
+}
+
+/// Polls `done` every 100 ms for up to 30 s; whether it came true.
+async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
+    use apalis::prelude::TaskSink;
+
+    with_database(|pool| async move {
+        let redis_url =
+            std::env::var("VELOUR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1".into());
+        let conn = velour_jobs::connect(&redis_url).await.expect("Redis must be running");
+        // A queue of its own, so that no other test's worker can take these jobs.
+        let queue = format!("velour:test:{}", uuid::Uuid::new_v4().simple());
+        let config = apalis_redis::Config::default().queue(&queue);
+        let storage: velour_jobs::ScanStorage =
+            apalis_redis::RedisStorage::new(conn.clone()).with_config(config);
+
+        let dir = tempfile::tempdir().unwrap();
+        make_video(&dir.path().join("clip.mp4"), 1);
+        let config = json!({ "path": dir.path() });
+        let folder = add_location(&pool, "Folder", StorageType::Local, config).await;
+        let peer = FakePeer::start().await;
+        peer.set(PeerMode::RefusesKey);
+        let config = json!({ "remote_instance_url": peer.url.as_str() });
+        let refused = add_location(&pool, "Refused", StorageType::Velour, config).await;
+
+        let mut sink = storage.clone();
+        let mut push = async |location: i64| {
+            let (run, _) = enqueue_scan_run(&pool, location).await.unwrap();
+            let job = ScanLocation { scan_run_id: run.id, storage_location_id: location };
+            sink.push(job).await.unwrap();
+            run.id
+        };
+
+        // One job waits in the queue before the worker starts...
+        let folder_run = push(folder).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(crate::job::run_on(state(&pool), storage, async {
+            let _ = stopped.await;
+        }));
+        let state_of = async |run_id| get_scan_run(&pool, run_id).await.unwrap().state;
+        let folder_done = eventually(async || state_of(folder_run).await == "succeeded").await;
+
+        // ...and one reaches it while it is idle.
+        let refused_run = push(refused).await;
+        let dead_set = format!("{queue}:dead");
+        let refused_dead = eventually(async || {
+            let mut redis = conn.clone();
+            let dead: u64 =
+                redis::cmd("SCARD").arg(&dead_set).query_async(&mut redis).await.unwrap();
+            state_of(refused_run).await == "failed" && dead == 1
+        })
+        .await;
+        let mut redis = conn.clone();
+        let scheduled: u64 = redis::cmd("ZCARD")
+            .arg(format!("{queue}:scheduled"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+
+        let _ = stop.send(());
+        let outcome = tokio::time::timeout(Duration::from_secs(30), worker).await;
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{queue}*")).query_async(&mut redis).await.unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+        }
+        // apalis-redis also lists every queue that ever had a worker.
+        let _: () = redis::cmd("ZREM")
+            .arg("core:apalis:queues:list")
+            .arg(format!("{queue}:workers"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+
+        assert!(folder_done, "the queued folder scan succeeds");
+        assert!(refused_dead, "the refused scan fails and its task is dead, not retried");
+        assert_eq!(scheduled, 0, "no retry is scheduled");
+        assert!(matches!(outcome, Ok(Ok(Ok(())))), "the worker stops cleanly: {outcome:?}");
+        assert_eq!(get_scan_run(&pool, folder_run).await.unwrap().videos_added, 1);
+    })
+    .await;
+}

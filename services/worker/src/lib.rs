@@ -1,0 +1,83 @@
+//! The scan worker: takes `ScanLocation` jobs off the Redis queue and brings the catalog in
+//! line with what a storage location holds, be it a folder (walked and probed with
+//! ffprobe) or a peer (read page by page).
+//!
+//! Every scan runs under a Postgres advisory lock on its location, so that two workers
+//! never scan one location at once, and ends with its run recorded as succeeded (with
+//! counts) or failed (with a message people can act on).
+
+mod job;
+mod local;
+mod oshash;
+mod peer;
+mod probe;
+mod scan;
+mod title;
+
+#[cfg(test)]
+mod db_tests;
+
+pub use job::run;
+pub use scan::{ScanError, ScanFailure, scan_location};
+
+use anyhow::Context as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use velour_core::settings::{DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings};
+
+/// What every scan needs: the catalog and the settings. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerState {
+    pool: sqlx::PgPool,
+    worker: WorkerSettings,
+    peer: PeerSettings,
+    /// How long a scan waits for the location lock (shortened by tests).
+    lock_wait: Duration,
+    /// ffprobe runs started, so tests can tell that unchanged files are not probed again.
+    probes: Arc<AtomicU64>,
+}
+
+impl WorkerState {
+    pub fn new(pool: sqlx::PgPool, worker: WorkerSettings, peer: PeerSettings) -> Self {
+        Self { pool, worker, peer, lock_wait: scan::LOCK_WAIT, probes: Arc::default() }
+    }
+}
+
+/// The worker's command line: every setting also reads its environment variable.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub redis: RedisSettings,
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub peer: PeerSettings,
+}
+
+/// Connects to (and migrates) the catalog, then runs workers until `shutdown` resolves.
+pub async fn run_from_settings(
+    database: &DatabaseSettings,
+    redis: &RedisSettings,
+    worker: &WorkerSettings,
+    peer: &PeerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = velour_db::connect_and_migrate(database).await.with_context(|| {
+        let url = velour_core::settings::redact_url(&database.database_url);
+        format!("DATABASE_URL: could not open the catalog at {url}")
+    })?;
+    let state = WorkerState::new(pool, worker.clone(), peer.clone());
+    run(state, &redis.redis_url, shutdown).await
+}
+
+/// `run_from_settings` for a parsed command line.
+pub async fn run_from_args(
+    args: &WorkerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_from_settings(&args.database, &args.redis, &args.worker, &args.peer, shutdown).await
+}

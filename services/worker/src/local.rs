@@ -1,0 +1,352 @@
+//! Scanning a folder: walk it, probe the video files that are new or changed, and mark the
+//! ones that are gone.
+
+use crate::oshash::oshash_file;
+use crate::probe::{self, ProbeError, ProbeFacts};
+use crate::scan::{ScanContext, ScanFailure, Tally};
+use crate::title::title_for;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::{info, warn};
+use velour_db::ingest::{self, FoundVideo, FoundWork, KnownVideo};
+use velour_db::locations::LocationWithSecrets;
+use walkdir::{DirEntry, WalkDir};
+
+/// File extensions (lowercase) that are taken for videos.
+const VIDEO_EXTENSIONS: &[&str] = &[
+    "mp4", "m4v", "mkv", "webm", "mov", "avi", "wmv", "flv", "mpg", "mpeg", "ts", "m2ts", "ogv",
+    "3gp",
+];
+
+pub(crate) async fn scan_folder(
+    scan: &ScanContext<'_>,
+    location: &LocationWithSecrets,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    let root = folder_root(location)?;
+    if let Err(err) = tokio::fs::read_dir(&root).await {
+        return Err(ScanFailure::FolderUnreadable {
+            path: root.display().to_string(),
+            reason: err.to_string(),
+        });
+    }
+    let known = ingest::known_videos(scan.pool(), scan.location_id).await?;
+
+    // Walking is blocking file-system work: off the async threads, so that the worker's
+    // heartbeat to Redis keeps its rhythm during a long walk.
+    let walk_root = root.clone();
+    let walk = tokio::task::spawn_blocking(move || walk_folder(&walk_root))
+        .await
+        .map_err(|e| ScanFailure::Internal(format!("the folder walk stopped: {e}")))?;
+    info!(files = walk.files.len(), complete = walk.complete, "folder walked");
+
+    for skip in &walk.skips {
+        scan.skip(&skip.path, &skip.reason).await?;
+    }
+    // Files that are there but could not be examined keep their rows as they were.
+    for key in &walk.unexamined {
+        if let Some(known) = known.get(key).filter(|k| !k.removed) {
+            tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
+        }
+    }
+    // TODO(#5): probe a few files at once; one at a time, a first scan of a large library
+    // takes as long as all its ffprobe runs end to end.
+    for file in &walk.files {
+        index_file(scan, file, known.get(&file.key), tally).await?;
+    }
+
+    // A folder that could not be read entirely may hide files that are still there.
+    if walk.complete {
+        let sweep =
+            ingest::remove_unseen_videos(scan.pool(), scan.location_id, &tally.seen_video_ids())
+                .await?;
+        tally.swept(sweep);
+    } else {
+        warn!("parts of the folder could not be read; no video is marked removed");
+        scan.skip(
+            &root.display().to_string(),
+            "parts of the folder could not be read, so no video was marked removed",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn folder_root(location: &LocationWithSecrets) -> Result<PathBuf, ScanFailure> {
+    let path = location
+        .location
+        .config_str("path")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| ScanFailure::Misconfigured("it has no folder path".to_owned()))?;
+    let root = PathBuf::from(path);
+    // A relative path would depend on the directory each worker happens to start in.
+    if !root.is_absolute() {
+        return Err(ScanFailure::Misconfigured(format!("the folder path {path:?} is relative")));
+    }
+    Ok(root)
+}
+
+async fn index_file(
+    scan: &ScanContext<'_>,
+    file: &FoundFile,
+    known: Option<&KnownVideo>,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    let present = known.filter(|k| !k.removed);
+    if let Some(known) =
+        present.filter(|k| k.file_size == file.size && k.modified_at == file.modified)
+    {
+        tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
+        return Ok(());
+    }
+
+    let worker = &scan.state.worker;
+    scan.state.probes.fetch_add(1, Ordering::Relaxed);
+    let timeout = Duration::from_secs(worker.probe_timeout_secs);
+    let probed = probe::probe_file(&worker.ffprobe, &file.path, timeout).await;
+    let facts = match probed {
+        Ok(facts) => facts,
+        Err(ProbeError::Spawn { program, source }) => {
+            return Err(ScanFailure::ProbeTool { program, reason: source.to_string() });
+        }
+        Err(err) => return keep_or_skip(scan, file, present, &err.to_string(), tally).await,
+    };
+
+    let path = file.path.clone();
+    let oshash = match tokio::task::spawn_blocking(move || oshash_file(&path)).await {
+        Ok(Ok(hash)) => hash,
+        Ok(Err(err)) => {
+            let reason = format!("could not read the file: {err}");
+            return keep_or_skip(scan, file, present, &reason, tally).await;
+        }
+        Err(err) => return Err(ScanFailure::Internal(format!("hashing stopped: {err}"))),
+    };
+
+    save_file(scan, file, &facts, &oshash, tally).await
+}
+
+/// Writes a probed file's work and video in one transaction.
+async fn save_file(
+    scan: &ScanContext<'_>,
+    file: &FoundFile,
+    facts: &ProbeFacts,
+    oshash: &str,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    let title = title_for(&file.key);
+    let fingerprints = json!({ "oshash": oshash });
+    let metadata = json!({});
+    let mut tx = scan.pool().begin().await?;
+    let work = FoundWork { title: &title.title, year: title.year, ..FoundWork::default() };
+    let (work_id, work_change) = ingest::upsert_work(&mut tx, &work).await?;
+    let video = FoundVideo {
+        work_id,
+        storage_location_id: scan.location_id,
+        source_key: &file.key,
+        filename: &file.key,
+        file_size: file.size,
+        modified_at: file.modified,
+        duration: facts.duration,
+        width: facts.width,
+        height: facts.height,
+        video_codec: facts.video_codec.as_deref(),
+        audio_codec: facts.audio_codec.as_deref(),
+        container: facts.container.as_deref(),
+        web_compatible: probe::is_web_compatible(facts, &file.extension),
+        fingerprints: &fingerprints,
+        video_metadata: &metadata,
+    };
+    let (video_id, video_change) = ingest::upsert_video(&mut tx, &video).await?;
+    tx.commit().await?;
+
+    tally.work(work_id, work_change);
+    tally.video(video_id, work_id, video_change);
+    Ok(())
+}
+
+/// A file that is there but could not be probed or read: it is recorded as skipped, and a
+/// row it already has is kept as it was rather than marked removed.
+async fn keep_or_skip(
+    scan: &ScanContext<'_>,
+    file: &FoundFile,
+    present: Option<&KnownVideo>,
+    reason: &str,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    match present {
+        Some(known) => {
+            tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
+            let reason = format!("{reason}; the facts from an earlier scan are kept");
+            scan.skip(&file.key, &reason).await?;
+        }
+        None => scan.skip(&file.key, reason).await?,
+    }
+    Ok(())
+}
+
+/// A video file found by the walk.
+#[derive(Clone, Debug)]
+pub(crate) struct FoundFile {
+    pub path: PathBuf,
+    /// The path from the root with `/` separators: the video's source key and file name.
+    pub key: String,
+    pub size: i64,
+    /// Truncated to microseconds, as Postgres keeps it, so that it compares equal later.
+    pub modified: Option<DateTime<Utc>>,
+    /// Lowercase.
+    pub extension: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Skip {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    pub files: Vec<FoundFile>,
+    pub skips: Vec<Skip>,
+    /// Keys of video files that exist but whose size or date could not be read.
+    pub unexamined: Vec<String>,
+    /// False when some folder could not be read: files in it may exist unseen.
+    pub complete: bool,
+}
+
+/// Lists the video files under `root`. Hidden files and folders (a leading dot, as in
+/// `.git` or macOS's `._` companions) are passed over. Symbolic links are not followed, so
+/// a scan never leaves its root nor loops. Blocking.
+pub(crate) fn walk_folder(root: &Path) -> Walk {
+    let mut walk = Walk { complete: true, ..Walk::default() };
+    let entries = WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| entry.depth() == 0 || !is_hidden(entry));
+
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                walk.complete = false;
+                let path = err.path().map(|p| relative_display(root, p)).unwrap_or_default();
+                let reason = match err.io_error() {
+                    Some(io) => format!("could not be read: {io}"),
+                    None => format!("could not be read: {err}"),
+                };
+                walk.skips.push(Skip { path, reason });
+                continue;
+            }
+        };
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let Some(extension) = video_extension(entry.path()) else {
+            continue;
+        };
+        let Some(key) = entry.path().strip_prefix(root).ok().and_then(source_key) else {
+            let path = relative_display(root, entry.path());
+            let reason = "the name is not valid UTF-8".to_owned();
+            walk.skips.push(Skip { path, reason });
+            continue;
+        };
+        if entry.path_is_symlink() {
+            let reason = "symbolic links are not followed".to_owned();
+            walk.skips.push(Skip { path: key, reason });
+            continue;
+        }
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        match entry.metadata() {
+            Ok(meta) => walk.files.push(FoundFile {
+                path: entry.path().to_owned(),
+                key,
+                size: i64::try_from(meta.len()).unwrap_or(i64::MAX),
+                modified: meta.modified().ok().map(|t| DateTime::<Utc>::from(t).trunc_subsecs(6)),
+                extension,
+            }),
+            Err(err) => {
+                let reason = format!("could not be read: {err}");
+                walk.skips.push(Skip { path: key.clone(), reason });
+                walk.unexamined.push(key);
+            }
+        }
+    }
+    walk
+}
+
+fn is_hidden(entry: &DirEntry) -> bool {
+    entry.file_name().as_encoded_bytes().starts_with(b".")
+}
+
+fn video_extension(path: &Path) -> Option<String> {
+    let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+    VIDEO_EXTENSIONS.contains(&extension.as_str()).then_some(extension)
+}
+
+/// The relative path with `/` between components, if every component is UTF-8.
+fn source_key(relative: &Path) -> Option<String> {
+    let parts: Option<Vec<&str>> = relative.components().map(|c| c.as_os_str().to_str()).collect();
+    parts.map(|parts| parts.join("/")).filter(|key| !key.is_empty())
+}
+
+fn relative_display(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::fs;
+
+    fn by_key(walk: &Walk) -> HashMap<&str, &FoundFile> {
+        walk.files.iter().map(|f| (f.key.as_str(), f)).collect()
+    }
+
+    #[test]
+    fn the_walk_finds_videos_and_passes_over_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("Sintel (2010)")).unwrap();
+        fs::create_dir_all(root.join(".git/objects")).unwrap();
+        fs::write(root.join("Sintel (2010)/Sintel.MKV"), b"x").unwrap();
+        fs::write(root.join("Elephants_Dream.mp4"), b"xy").unwrap();
+        fs::write(root.join("notes.txt"), b"n").unwrap();
+        fs::write(root.join("._Elephants_Dream.mp4"), b"apple double").unwrap();
+        fs::write(root.join(".git/objects/clip.mp4"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.join("Elephants_Dream.mp4"), root.join("link.mp4"))
+            .unwrap();
+
+        let walk = walk_folder(root);
+        let files = by_key(&walk);
+        let mut keys: Vec<&str> = files.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["Elephants_Dream.mp4", "Sintel (2010)/Sintel.MKV"]);
+        assert_eq!(files["Sintel (2010)/Sintel.MKV"].extension, "mkv");
+        assert_eq!(files["Elephants_Dream.mp4"].size, 2);
+        assert!(walk.complete);
+        assert_eq!(
+            walk.skips,
+            [Skip { path: "link.mp4".into(), reason: "symbolic links are not followed".into() }]
+        );
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_skipped_with_a_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.mp4");
+        fs::write(dir.path().join(name), b"x").unwrap();
+
+        let walk = walk_folder(dir.path());
+        assert!(walk.files.is_empty());
+        assert_eq!(walk.skips.len(), 1);
+        assert_eq!(walk.skips[0].reason, "the name is not valid UTF-8");
+        assert!(walk.complete);
+    }
+}

@@ -1,0 +1,189 @@
+//! Scanning a peer: read every page of its catalog and mirror its works and videos.
+
+use crate::scan::{ScanContext, ScanFailure, Tally};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tracing::{debug, info};
+use url::Url;
+use velour_core::normalize_title;
+use velour_db::ingest::{self, FoundVideo, FoundWork};
+use velour_db::locations::LocationWithSecrets;
+use velour_peer::{PeerClient, WorkVideo, WorksPage};
+
+/// Works asked for per page: the most a Velour peer serves at once.
+const PER_PAGE: u32 = 100;
+
+/// Pages read beyond the count the peer gave on its first page. A catalog may grow while
+/// we read it; a peer whose pages never end must not keep a worker busy forever.
+const EXTRA_PAGES: i64 = 100;
+
+pub(crate) async fn scan_peer(
+    scan: &ScanContext<'_>,
+    location: &LocationWithSecrets,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    let client = peer_client(scan, location)?;
+    client.ping().await?;
+    let instance = client.instance().await?;
+    info!(
+        peer.name = %instance.name,
+        peer.version = %instance.version,
+        peer.total_works = instance.total_works,
+        "peer answered"
+    );
+
+    let base_url = client.base_url().as_str().to_owned();
+    let mut page_number: u32 = 1;
+    let mut last_page_allowed: Option<i64> = None;
+    loop {
+        let page = client.works_page(page_number, PER_PAGE).await?;
+        let pagination = page.pagination;
+        if pagination.current_page != i64::from(page_number) {
+            return Err(ScanFailure::PeerListing(format!(
+                "asked for page {page_number}, the peer answered page {}",
+                pagination.current_page
+            )));
+        }
+        let allowed =
+            *last_page_allowed.get_or_insert(pagination.total_pages.saturating_add(EXTRA_PAGES));
+        debug!(page = page_number, total_pages = pagination.total_pages, "peer page read");
+        if page.works.is_empty() {
+            break;
+        }
+
+        // Each page is saved whole or not at all; earlier pages stay saved if a later one
+        // fails, and nothing is marked removed unless every page was read.
+        let page_tally = save_page(scan, &base_url, &page).await?;
+        tally.merge(page_tally);
+
+        let number = i64::from(page_number);
+        if number >= pagination.total_pages {
+            break;
+        }
+        if number >= allowed {
+            return Err(ScanFailure::PeerListing(format!(
+                "the peer still reported {} pages after {number} were read",
+                pagination.total_pages
+            )));
+        }
+        page_number = page_number.checked_add(1).ok_or_else(|| {
+            ScanFailure::PeerListing("the peer listed more pages than can be asked for".into())
+        })?;
+    }
+
+    let sweep =
+        ingest::remove_unseen_videos(scan.pool(), scan.location_id, &tally.seen_video_ids())
+            .await?;
+    tally.swept(sweep);
+    Ok(())
+}
+
+fn peer_client(
+    scan: &ScanContext<'_>,
+    location: &LocationWithSecrets,
+) -> Result<PeerClient, ScanFailure> {
+    let raw_url = location
+        .location
+        .config_str("remote_instance_url")
+        .ok_or_else(|| ScanFailure::Misconfigured("it has no remote_instance_url".to_owned()))?;
+    let url = Url::parse(raw_url).map_err(|e| {
+        ScanFailure::Misconfigured(format!("remote_instance_url {raw_url:?} is not a URL: {e}"))
+    })?;
+    let key = location
+        .secret_str("api_key")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ScanFailure::Misconfigured("it has no api_key".to_owned()))?;
+    Ok(PeerClient::new(&url, SecretString::from(key), &scan.state.peer)?)
+}
+
+/// Saves one page in one transaction, and returns what it saw once it is committed.
+async fn save_page(
+    scan: &ScanContext<'_>,
+    base_url: &str,
+    page: &WorksPage,
+) -> Result<Tally, ScanFailure> {
+    let mut tally = Tally::default();
+    let mut skips: Vec<(String, &'static str)> = Vec::new();
+    let mut tx = scan.pool().begin().await?;
+
+    for work in &page.works {
+        let mut videos: Vec<&WorkVideo> = Vec::new();
+        for video in &work.videos {
+            match skip_reason(video) {
+                Some(reason) => skips.push((skip_path(video), reason)),
+                None => videos.push(video),
+            }
+        }
+        // A work is only created for a video it holds: an empty one would never be shown.
+        if videos.is_empty() {
+            continue;
+        }
+        let title = normalize_title(&work.title);
+        if title.is_empty() {
+            for video in videos {
+                skips.push((skip_path(video), "the peer listed it under a work with no title"));
+            }
+            continue;
+        }
+
+        let found = FoundWork {
+            title: &title,
+            year: work.year,
+            description: work.description.as_deref(),
+            director: work.director.as_deref(),
+            rating: work.rating.filter(|r| r.is_finite()),
+        };
+        let (work_id, work_change) = ingest::upsert_work(&mut tx, &found).await?;
+        tally.work(work_id, work_change);
+
+        for video in videos {
+            let source_key = video.id.to_string();
+            let fingerprints = match &video.fingerprints {
+                Value::Object(_) => video.fingerprints.clone(),
+                _ => json!({}),
+            };
+            let metadata = json!({ "remote_video_id": video.id, "remote_instance_url": base_url });
+            let found = FoundVideo {
+                work_id,
+                storage_location_id: scan.location_id,
+                source_key: &source_key,
+                filename: &video.filename,
+                file_size: video.file_size,
+                modified_at: None,
+                duration: video.duration.filter(|d| d.is_finite() && *d >= 0.0),
+                width: video.width,
+                height: video.height,
+                video_codec: video.video_codec.as_deref(),
+                audio_codec: video.audio_codec.as_deref(),
+                container: None,
+                web_compatible: video.web_compatible,
+                fingerprints: &fingerprints,
+                video_metadata: &metadata,
+            };
+            let (video_id, video_change) = ingest::upsert_video(&mut tx, &found).await?;
+            tally.video(video_id, work_id, video_change);
+        }
+    }
+    tx.commit().await?;
+
+    for (path, reason) in skips {
+        scan.skip(&path, reason).await?;
+    }
+    Ok(tally)
+}
+
+fn skip_reason(video: &WorkVideo) -> Option<&'static str> {
+    if video.storage_type.as_deref() == Some("velour") {
+        // The peer reads it from yet another peer; listing it here would make catalogs
+        // federate each other's copies in a loop.
+        return Some("the peer itself reads this video from another peer");
+    }
+    if video.file_size < 0 {
+        return Some("the peer reported a negative file size");
+    }
+    None
+}
+
+fn skip_path(video: &WorkVideo) -> String {
+    format!("{} (peer video {})", video.filename, video.id)
+}

@@ -1,0 +1,281 @@
+//! Settings read from environment variables, each with a matching command-line flag.
+//!
+//! Every flag's value name is its environment variable, so a bad value fails at start with
+//! a message that names the variable to fix, e.g. `invalid value 'x' for
+//! '--gateway-addr <VELOUR_GATEWAY_ADDR>'`.
+
+use clap::Args;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use url::Url;
+
+/// Where the catalog lives.
+#[derive(Args, Clone)]
+pub struct DatabaseSettings {
+    /// Postgres URL. The database is created if it is missing, and migrations run at start.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        default_value = "postgres://localhost/velour",
+        value_parser = parse_postgres_url
+    )]
+    pub database_url: Url,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("database_url", &redact_url(&self.database_url))
+            .finish()
+    }
+}
+
+/// Where jobs are queued. Two instances can share one Redis server through different
+/// database numbers (`redis://127.0.0.1:6379/2`).
+#[derive(Args, Clone)]
+pub struct RedisSettings {
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_parser = parse_redis_url
+    )]
+    pub redis_url: Url,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings").field("redis_url", &redact_url(&self.redis_url)).finish()
+    }
+}
+
+/// The gateway's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct GatewaySettings {
+    /// Address the gateway listens on.
+    #[arg(
+        long = "gateway-addr",
+        env = "VELOUR_GATEWAY_ADDR",
+        value_name = "VELOUR_GATEWAY_ADDR",
+        default_value = "127.0.0.1:3000"
+    )]
+    pub gateway_addr: SocketAddr,
+
+    /// Base URL where the gateway reaches the stream service; defaults to
+    /// `http://VELOUR_STREAM_ADDR`.
+    #[arg(
+        long = "stream-url",
+        env = "VELOUR_STREAM_URL",
+        value_name = "VELOUR_STREAM_URL",
+        value_parser = parse_http_url
+    )]
+    pub stream_url: Option<Url>,
+
+    /// The name this instance gives itself in `/api/v1/instance`.
+    #[arg(
+        long = "instance-name",
+        env = "VELOUR_INSTANCE_NAME",
+        value_name = "VELOUR_INSTANCE_NAME",
+        default_value = "Velour Instance"
+    )]
+    pub instance_name: String,
+}
+
+/// Where the stream service listens. Shared by the stream service (to bind) and the
+/// gateway (to find it when `VELOUR_STREAM_URL` is not set).
+#[derive(Args, Clone, Debug)]
+pub struct StreamAddrSettings {
+    #[arg(
+        long = "stream-addr",
+        env = "VELOUR_STREAM_ADDR",
+        value_name = "VELOUR_STREAM_ADDR",
+        default_value = "127.0.0.1:3001"
+    )]
+    pub stream_addr: SocketAddr,
+}
+
+impl GatewaySettings {
+    /// The stream service's base URL: `VELOUR_STREAM_URL`, else derived from its address.
+    pub fn stream_base_url(&self, stream: &StreamAddrSettings) -> Result<Url, url::ParseError> {
+        if let Some(url) = &self.stream_url {
+            return Ok(url.clone());
+        }
+        let mut addr = stream.stream_addr;
+        // An unspecified bind address (0.0.0.0 or ::) is not somewhere to connect to; the
+        // service is then reachable on loopback from the same host.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Url::parse(&format!("http://{addr}/"))
+    }
+}
+
+/// How Velour talks to peers (scans and proxied streams).
+#[derive(Args, Clone, Debug)]
+pub struct PeerSettings {
+    /// Seconds to wait for a TCP (and TLS) connection to a peer.
+    #[arg(
+        long = "peer-connect-timeout",
+        env = "VELOUR_PEER_CONNECT_TIMEOUT_SECS",
+        value_name = "VELOUR_PEER_CONNECT_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
+    pub connect_timeout_secs: u64,
+
+    /// Seconds a peer may stay silent while we wait for its answer or its next bytes.
+    #[arg(
+        long = "peer-read-timeout",
+        env = "VELOUR_PEER_READ_TIMEOUT_SECS",
+        value_name = "VELOUR_PEER_READ_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub read_timeout_secs: u64,
+
+    /// Largest catalog page, in bytes, that we accept from a peer.
+    #[arg(
+        long = "peer-max-page-bytes",
+        env = "VELOUR_PEER_MAX_PAGE_BYTES",
+        value_name = "VELOUR_PEER_MAX_PAGE_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub max_page_bytes: usize,
+}
+
+impl PeerSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
+    }
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        Self { connect_timeout_secs: 5, read_timeout_secs: 30, max_page_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// The worker's own settings.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerSettings {
+    /// Jobs one worker process runs at once.
+    #[arg(
+        long = "worker-concurrency",
+        env = "VELOUR_WORKER_CONCURRENCY",
+        value_name = "VELOUR_WORKER_CONCURRENCY",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub concurrency: u16,
+
+    /// The ffprobe program used to read video facts.
+    #[arg(
+        long = "ffprobe",
+        env = "VELOUR_FFPROBE",
+        value_name = "VELOUR_FFPROBE",
+        default_value = "ffprobe"
+    )]
+    pub ffprobe: String,
+
+    /// Seconds one ffprobe run may take before it is killed and the file skipped.
+    #[arg(
+        long = "probe-timeout",
+        env = "VELOUR_PROBE_TIMEOUT_SECS",
+        value_name = "VELOUR_PROBE_TIMEOUT_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub probe_timeout_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { concurrency: 2, ffprobe: "ffprobe".to_owned(), probe_timeout_secs: 30 }
+    }
+}
+
+fn parse_postgres_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "postgres" | "postgresql" => {}
+        other => return Err(format!("scheme {other:?} is not postgres:// or postgresql://")),
+    }
+    let name = url.path().trim_start_matches('/');
+    if name.is_empty() || name.contains('/') {
+        return Err("the URL must name one database, as in postgres://host/velour".to_owned());
+    }
+    Ok(url)
+}
+
+fn parse_redis_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "redis" | "rediss" => {}
+        other => return Err(format!("scheme {other:?} is not redis:// or rediss://")),
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(format!("{db:?} is not a Redis database number"));
+    }
+    Ok(url)
+}
+
+fn parse_http_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err("the URL has no host".to_owned()),
+        other => Err(format!("scheme {other:?} is not http:// or https://")),
+    }
+}
+
+/// A URL as it may be logged: any password replaced.
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Setting a password only fails for URLs that cannot have one, and this one has.
+        let _ = shown.set_password(Some("REDACTED"));
+    }
+    shown.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_url_must_name_a_database() {
+        assert!(parse_postgres_url("postgres://localhost/velour").is_ok());
+        assert!(parse_postgres_url("postgres://localhost/").is_err());
+        assert!(parse_postgres_url("mysql://localhost/velour").is_err());
+    }
+
+    #[test]
+    fn redis_url_takes_an_optional_database_number() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379").is_ok());
+        assert!(parse_redis_url("redis://127.0.0.1:6379/3").is_ok());
+        assert!(parse_redis_url("redis://127.0.0.1:6379/three").is_err());
+    }
+
+    #[test]
+    fn stream_url_defaults_to_the_stream_address() {
+        let gateway = GatewaySettings {
+            gateway_addr: "127.0.0.1:3000".parse().unwrap(),
+            stream_url: None,
+            instance_name: "x".into(),
+        };
+        let stream = StreamAddrSettings { stream_addr: "0.0.0.0:4001".parse().unwrap() };
+        assert_eq!(gateway.stream_base_url(&stream).unwrap().as_str(), "http://127.0.0.1:4001/");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let url = Url::parse("postgres://u:secret@h/db").unwrap();
+        assert!(!redact_url(&url).contains("secret"));
+    }
+}

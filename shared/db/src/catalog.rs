@@ -1,0 +1,221 @@
+//! Catalog reads: works, videos, search and instance totals.
+//!
+//! A video counts as present until a scan marks it removed; a work is listed only while it
+//! has at least one present video.
+
+use crate::{DbError, PageRequest};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::types::Json;
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct WorkRow {
+    pub id: i64,
+    pub title: String,
+    pub year: Option<i32>,
+    pub description: Option<String>,
+    pub director: Option<String>,
+    pub rating: Option<f64>,
+    pub organized: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct VideoRow {
+    pub id: i64,
+    pub work_id: i64,
+    pub work_title: String,
+    pub storage_location_id: i64,
+    pub storage_type: String,
+    pub source_key: String,
+    pub filename: String,
+    pub file_size: i64,
+    pub modified_at: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub container: Option<String>,
+    pub web_compatible: bool,
+    pub fingerprints: Json<Value>,
+    pub video_metadata: Json<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A work with its present videos.
+#[derive(Clone, Debug)]
+pub struct WorkWithVideos {
+    pub work: WorkRow,
+    pub videos: Vec<VideoRow>,
+}
+
+/// The totals `/api/v1/instance` reports.
+#[derive(Clone, Copy, Debug, sqlx::FromRow)]
+pub struct InstanceTotals {
+    pub total_works: i64,
+    pub total_videos: i64,
+    pub total_storage: i64,
+}
+
+const VIDEO_SELECT: &str = "
+    SELECT v.id, v.work_id, w.title AS work_title, v.storage_location_id,
+           l.storage_type, v.source_key, v.filename, v.file_size, v.modified_at, v.duration,
+           v.width, v.height, v.video_codec, v.audio_codec, v.container, v.web_compatible,
+           v.fingerprints, v.video_metadata, v.created_at, v.updated_at
+    FROM videos v
+    JOIN works w ON w.id = v.work_id
+    JOIN storage_locations l ON l.id = v.storage_location_id";
+
+const PRESENT_WORK: &str =
+    "EXISTS (SELECT 1 FROM videos pv WHERE pv.work_id = w.id AND pv.removed_at IS NULL)";
+
+pub async fn instance_totals(pool: &PgPool) -> Result<InstanceTotals, DbError> {
+    let totals = sqlx::query_as(
+        "SELECT
+            (SELECT count(DISTINCT work_id) FROM videos WHERE removed_at IS NULL) AS total_works,
+            count(*) AS total_videos,
+            COALESCE(sum(file_size), 0)::BIGINT AS total_storage
+         FROM videos WHERE removed_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(totals)
+}
+
+/// One page of works ordered by title (then id, so pages never overlap), with the total.
+pub async fn list_works(
+    pool: &PgPool,
+    page: PageRequest,
+) -> Result<(Vec<WorkWithVideos>, i64), DbError> {
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM works w WHERE {PRESENT_WORK}"
+    )))
+    .fetch_one(pool)
+    .await?;
+
+    let works: Vec<WorkRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT w.id, w.title, w.year, w.description, w.director, w.rating, w.organized,
+                w.created_at, w.updated_at
+         FROM works w WHERE {PRESENT_WORK}
+         ORDER BY w.title, w.id LIMIT $1 OFFSET $2"
+    )))
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(pool)
+    .await?;
+
+    let ids: Vec<i64> = works.iter().map(|w| w.id).collect();
+    let mut videos = videos_of_works(pool, &ids).await?;
+    let listed = works
+        .into_iter()
+        .map(|work| {
+            let videos = videos.remove(&work.id).unwrap_or_default();
+            WorkWithVideos { work, videos }
+        })
+        .collect();
+    Ok((listed, total))
+}
+
+/// One work with its present videos; a work whose videos are all gone is not found.
+pub async fn get_work(pool: &PgPool, id: i64) -> Result<WorkWithVideos, DbError> {
+    let work: WorkRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT w.id, w.title, w.year, w.description, w.director, w.rating, w.organized,
+                w.created_at, w.updated_at
+         FROM works w WHERE w.id = $1 AND {PRESENT_WORK}"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(DbError::NotFound)?;
+    let videos = videos_of_works(pool, &[id]).await?.remove(&id).unwrap_or_default();
+    Ok(WorkWithVideos { work, videos })
+}
+
+async fn videos_of_works(
+    pool: &PgPool,
+    work_ids: &[i64],
+) -> Result<HashMap<i64, Vec<VideoRow>>, DbError> {
+    if work_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<VideoRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIDEO_SELECT} WHERE v.work_id = ANY($1) AND v.removed_at IS NULL ORDER BY v.id"
+    )))
+    .bind(work_ids)
+    .fetch_all(pool)
+    .await?;
+    let mut by_work: HashMap<i64, Vec<VideoRow>> = HashMap::new();
+    for row in rows {
+        by_work.entry(row.work_id).or_default().push(row);
+    }
+    Ok(by_work)
+}
+
+/// A present video.
+pub async fn get_video(pool: &PgPool, id: i64) -> Result<VideoRow, DbError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIDEO_SELECT} WHERE v.id = $1 AND v.removed_at IS NULL"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(DbError::NotFound)
+}
+
+/// Escapes LIKE's wildcards so that `%` and `_` in a query match themselves.
+fn like_pattern(query: &str) -> String {
+    let mut escaped = String::with_capacity(query.len() + 2);
+    escaped.push('%');
+    for c in query.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push('%');
+    escaped
+}
+
+/// Present videos whose work title contains `query` (case-insensitive, NFC-normalized).
+pub async fn search_videos(
+    pool: &PgPool,
+    query: &str,
+    page: PageRequest,
+) -> Result<(Vec<VideoRow>, i64), DbError> {
+    // TODO(#5): search on a trigram or full-text index instead of a sequential ILIKE.
+    let pattern = like_pattern(&velour_core::normalize_title(query));
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM videos v JOIN works w ON w.id = v.work_id
+         WHERE v.removed_at IS NULL AND w.title ILIKE $1 ESCAPE '\\'",
+    )
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIDEO_SELECT} WHERE v.removed_at IS NULL AND w.title ILIKE $1 ESCAPE '\\'
+         ORDER BY w.title, v.id LIMIT $2 OFFSET $3"
+    )))
+    .bind(&pattern)
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(pool)
+    .await?;
+    Ok((rows, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_match_themselves() {
+        assert_eq!(like_pattern("100%"), "%100\\%%");
+        assert_eq!(like_pattern("a_b"), "%a\\_b%");
+        assert_eq!(like_pattern("c:\\x"), "%c:\\\\x%");
+    }
+}

@@ -1,0 +1,302 @@
+//! Catalog writes made by scans: works found or created by title and year, videos upserted
+//! by (location, source key), and the sweep that marks what a scan did not see as removed.
+//!
+//! What the counts mean, so that every scanner reports them alike:
+//! - a video is *added* when its row is created, or when a row marked removed is present
+//!   again; *updated* when a present row changed; *removed* when the sweep marks it;
+//! - a work is *added* when its row is created, *updated* when a scan filled in facts it
+//!   lacked, and *removed* when a sweep took away its last present video, in any location.
+//!
+//! Writes that change nothing leave rows untouched (`updated_at` included), so rescanning an
+//! unchanged location is free of churn.
+
+use crate::DbError;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+
+/// What a location's catalog holds for one source key, as a scan needs it to decide whether
+/// a file changed since the last scan.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct KnownVideo {
+    pub id: i64,
+    pub work_id: i64,
+    pub source_key: String,
+    pub file_size: i64,
+    pub modified_at: Option<DateTime<Utc>>,
+    pub removed: bool,
+}
+
+/// Every video row of a location (present or removed), by source key.
+pub async fn known_videos(
+    pool: &PgPool,
+    location_id: i64,
+) -> Result<HashMap<String, KnownVideo>, DbError> {
+    let rows: Vec<KnownVideo> = sqlx::query_as(
+        "SELECT id, work_id, source_key, file_size, modified_at,
+                removed_at IS NOT NULL AS removed
+         FROM videos WHERE storage_location_id = $1",
+    )
+    .bind(location_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.source_key.clone(), row)).collect())
+}
+
+/// A work as a scan found it. The title must already be NFC-normalized and non-empty.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FoundWork<'a> {
+    pub title: &'a str,
+    pub year: Option<i32>,
+    pub description: Option<&'a str>,
+    pub director: Option<&'a str>,
+    pub rating: Option<f64>,
+}
+
+/// What `upsert_work` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkChange {
+    Created,
+    /// The work existed and lacked a description, director or rating that the scan had.
+    Filled,
+    Unchanged,
+}
+
+/// Finds the work with this title and year, or creates it. An existing work only gains the
+/// facts it lacks: what people or earlier scans wrote is never overwritten.
+pub async fn upsert_work(
+    conn: &mut PgConnection,
+    work: &FoundWork<'_>,
+) -> Result<(i64, WorkChange), DbError> {
+    // Another scan may create the same work between our look-up and our insert; its insert
+    // then makes ours do nothing, and the next look-up (a new statement, so a new snapshot)
+    // sees its row. Two rounds are enough for that; a third would mean the row vanished.
+    for _ in 0..3 {
+        if let Some(id) = find_work(conn, work.title, work.year).await? {
+            let filled = fill_work(conn, id, work).await?;
+            let change = if filled { WorkChange::Filled } else { WorkChange::Unchanged };
+            return Ok((id, change));
+        }
+        let created: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO works (title, year, description, director, rating)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT ON CONSTRAINT works_title_year_key DO NOTHING
+             RETURNING id",
+        )
+        .bind(work.title)
+        .bind(work.year)
+        .bind(work.description)
+        .bind(work.director)
+        .bind(work.rating)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(id) = created {
+            return Ok((id, WorkChange::Created));
+        }
+    }
+    Err(DbError::Conflict(format!(
+        "the work {:?} ({:?}) kept changing while it was being saved",
+        work.title, work.year
+    )))
+}
+
+async fn find_work(
+    conn: &mut PgConnection,
+    title: &str,
+    year: Option<i32>,
+) -> Result<Option<i64>, DbError> {
+    // `year IS NOT DISTINCT FROM $2` cannot use an index; this form lets the unique index
+    // on (title, year) find the title, then filters its few rows by year.
+    let id = sqlx::query_scalar(
+        "SELECT id FROM works
+         WHERE title = $1 AND (year = $2 OR (year IS NULL AND $2::INTEGER IS NULL))",
+    )
+    .bind(title)
+    .bind(year)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// Fills in the facts a work lacks. Returns whether anything changed.
+async fn fill_work(
+    conn: &mut PgConnection,
+    id: i64,
+    work: &FoundWork<'_>,
+) -> Result<bool, DbError> {
+    if work.description.is_none() && work.director.is_none() && work.rating.is_none() {
+        return Ok(false);
+    }
+    let filled = sqlx::query(
+        "UPDATE works SET
+            description = COALESCE(description, $2),
+            director = COALESCE(director, $3),
+            rating = COALESCE(rating, $4),
+            updated_at = now()
+         WHERE id = $1
+           AND ((description IS NULL AND $2::TEXT IS NOT NULL)
+             OR (director IS NULL AND $3::TEXT IS NOT NULL)
+             OR (rating IS NULL AND $4::DOUBLE PRECISION IS NOT NULL))",
+    )
+    .bind(id)
+    .bind(work.description)
+    .bind(work.director)
+    .bind(work.rating)
+    .execute(&mut *conn)
+    .await?;
+    Ok(filled.rows_affected() > 0)
+}
+
+/// A video as a scan found it.
+#[derive(Clone, Debug)]
+pub struct FoundVideo<'a> {
+    pub work_id: i64,
+    pub storage_location_id: i64,
+    /// The relative path in a folder, the peer's video id for a peer.
+    pub source_key: &'a str,
+    pub filename: &'a str,
+    pub file_size: i64,
+    pub modified_at: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub video_codec: Option<&'a str>,
+    pub audio_codec: Option<&'a str>,
+    pub container: Option<&'a str>,
+    pub web_compatible: bool,
+    /// An object of fingerprints by algorithm, e.g. `{"oshash": "…"}`.
+    pub fingerprints: &'a Value,
+    pub video_metadata: &'a Value,
+}
+
+/// What `upsert_video` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VideoChange {
+    Created,
+    /// The row was marked removed and is present again.
+    Restored,
+    Updated,
+    Unchanged,
+}
+
+impl VideoChange {
+    /// Whether the video counts as added: it was not in the present catalog before.
+    pub fn is_added(self) -> bool {
+        matches!(self, Self::Created | Self::Restored)
+    }
+}
+
+/// Creates or updates the video at (location, source key), and marks it present. A row
+/// whose facts are all equal is not written.
+pub async fn upsert_video(
+    conn: &mut PgConnection,
+    video: &FoundVideo<'_>,
+) -> Result<(i64, VideoChange), DbError> {
+    // `prior` reads the snapshot from before the statement, so it tells what the row was;
+    // `written` returns a row only when the insert or the update happened.
+    let (prior_id, prior_removed, written_id): (Option<i64>, Option<bool>, Option<i64>) =
+        sqlx::query_as(
+            "WITH prior AS (
+                SELECT id, removed_at IS NOT NULL AS removed FROM videos
+                WHERE storage_location_id = $2 AND source_key = $3
+             ), written AS (
+                INSERT INTO videos (work_id, storage_location_id, source_key, filename,
+                    file_size, modified_at, duration, width, height, video_codec,
+                    audio_codec, container, web_compatible, fingerprints, video_metadata)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                ON CONFLICT ON CONSTRAINT videos_location_source_key DO UPDATE SET
+                    work_id = EXCLUDED.work_id, filename = EXCLUDED.filename,
+                    file_size = EXCLUDED.file_size, modified_at = EXCLUDED.modified_at,
+                    duration = EXCLUDED.duration, width = EXCLUDED.width,
+                    height = EXCLUDED.height, video_codec = EXCLUDED.video_codec,
+                    audio_codec = EXCLUDED.audio_codec, container = EXCLUDED.container,
+                    web_compatible = EXCLUDED.web_compatible,
+                    fingerprints = EXCLUDED.fingerprints,
+                    video_metadata = EXCLUDED.video_metadata,
+                    removed_at = NULL, updated_at = now()
+                WHERE videos.removed_at IS NOT NULL
+                   OR (videos.work_id, videos.filename, videos.file_size, videos.modified_at,
+                       videos.duration, videos.width, videos.height, videos.video_codec,
+                       videos.audio_codec, videos.container, videos.web_compatible,
+                       videos.fingerprints, videos.video_metadata)
+                      IS DISTINCT FROM
+                      (EXCLUDED.work_id, EXCLUDED.filename, EXCLUDED.file_size,
+                       EXCLUDED.modified_at, EXCLUDED.duration, EXCLUDED.width,
+                       EXCLUDED.height, EXCLUDED.video_codec, EXCLUDED.audio_codec,
+                       EXCLUDED.container, EXCLUDED.web_compatible, EXCLUDED.fingerprints,
+                       EXCLUDED.video_metadata)
+                RETURNING id
+             )
+             SELECT (SELECT id FROM prior), (SELECT removed FROM prior),
+                    (SELECT id FROM written)",
+        )
+        .bind(video.work_id)
+        .bind(video.storage_location_id)
+        .bind(video.source_key)
+        .bind(video.filename)
+        .bind(video.file_size)
+        .bind(video.modified_at)
+        .bind(video.duration)
+        .bind(video.width)
+        .bind(video.height)
+        .bind(video.video_codec)
+        .bind(video.audio_codec)
+        .bind(video.container)
+        .bind(video.web_compatible)
+        .bind(Json(video.fingerprints))
+        .bind(Json(video.video_metadata))
+        .fetch_one(&mut *conn)
+        .await?;
+
+    match (prior_id, prior_removed, written_id) {
+        (None, _, Some(id)) => Ok((id, VideoChange::Created)),
+        (Some(_), Some(true), Some(id)) => Ok((id, VideoChange::Restored)),
+        (Some(_), _, Some(id)) => Ok((id, VideoChange::Updated)),
+        (Some(id), _, None) => Ok((id, VideoChange::Unchanged)),
+        // Neither there before nor written: another transaction inserted the same key
+        // after our snapshot. Scans of one location hold a lock, so this is a bug elsewhere.
+        (None, _, None) => Err(DbError::Conflict(format!(
+            "the video {:?} was written by someone else during the scan",
+            video.source_key
+        ))),
+    }
+}
+
+/// What a sweep marked removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Sweep {
+    pub videos_removed: i64,
+    /// Works whose last present video (in any location) this sweep removed.
+    pub works_removed: i64,
+}
+
+/// Marks every present video of a location that the scan did not see as removed.
+/// Call it only after a scan that saw the whole location.
+pub async fn remove_unseen_videos(
+    pool: &PgPool,
+    location_id: i64,
+    seen_video_ids: &[i64],
+) -> Result<Sweep, DbError> {
+    // The outer SELECT sees the snapshot from before the UPDATE, so the videos just
+    // removed still look present there and are excluded by id.
+    let sweep = sqlx::query_as(
+        "WITH removed AS (
+            UPDATE videos SET removed_at = now(), updated_at = now()
+            WHERE storage_location_id = $1 AND removed_at IS NULL AND NOT (id = ANY($2))
+            RETURNING id, work_id
+         )
+         SELECT (SELECT count(*) FROM removed) AS videos_removed,
+                (SELECT count(DISTINCT r.work_id) FROM removed r
+                 WHERE NOT EXISTS (
+                    SELECT 1 FROM videos v
+                    WHERE v.work_id = r.work_id AND v.removed_at IS NULL
+                      AND v.id NOT IN (SELECT id FROM removed))) AS works_removed",
+    )
+    .bind(location_id)
+    .bind(seen_video_ids)
+    .fetch_one(pool)
+    .await?;
+    Ok(sweep)
+}

@@ -1,0 +1,44 @@
+//! Job payloads the gateway pushes and the worker consumes, and their queues.
+//!
+//! Both sides name the queue explicitly (apalis-redis would otherwise name it after the
+//! Rust type path, which a refactor could silently change on one side only).
+
+use serde::{Deserialize, Serialize};
+
+/// Scan one storage location (folder, bucket or peer) for the scan run already recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanLocation {
+    pub scan_run_id: i64,
+    pub storage_location_id: i64,
+}
+
+/// The Redis queue of `ScanLocation` jobs.
+pub const SCAN_QUEUE: &str = "velour:scan-location";
+
+/// The apalis-redis storage for scan jobs, shared by the pushing and consuming sides.
+pub type ScanStorage = apalis_redis::RedisStorage<ScanLocation>;
+
+/// Opens the scan queue on an existing Redis connection.
+pub fn scan_storage(conn: apalis_redis::ConnectionManager) -> ScanStorage {
+    let config = apalis_redis::Config::default().queue(SCAN_QUEUE);
+    apalis_redis::RedisStorage::new(conn).with_config(config)
+}
+
+/// Connects to Redis (the URL may carry a database number) for job queues.
+pub async fn connect(redis_url: &str) -> Result<apalis_redis::ConnectionManager, JobError> {
+    apalis_redis::connect(redis_url).await.map_err(JobError::Redis)
+}
+
+/// Queues a scan job.
+pub async fn push_scan(storage: &mut ScanStorage, job: ScanLocation) -> Result<(), JobError> {
+    use apalis::prelude::TaskSink;
+    storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("could not queue the job: {0}")]
+    Push(String),
+}

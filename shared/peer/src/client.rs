@@ -1,0 +1,226 @@
+//! The client one Velour instance uses to read another.
+
+use crate::wire::{InstanceInfo, Ping, WorksPage};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use url::Url;
+use velour_core::settings::PeerSettings;
+
+/// Why a call to a peer failed. Messages name the peer's URL path, never our key.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the peer URL {0:?} cannot serve as a base URL")]
+    BadUrl(String),
+    #[error("could not build the HTTP client: {0}")]
+    Client(String),
+    #[error("the peer did not answer in time on {path}")]
+    Timeout { path: String },
+    #[error("could not reach the peer on {path}: {reason}")]
+    Unreachable { path: String, reason: String },
+    #[error("the peer refused our key on {path} (HTTP {status})")]
+    Unauthorized { path: String, status: u16 },
+    #[error("the peer answered HTTP {status} on {path}")]
+    Status { path: String, status: u16 },
+    #[error("the peer's answer on {path} is larger than {limit} bytes")]
+    TooLarge { path: String, limit: usize },
+    #[error("the peer's answer on {path} is not what Velour expects: {reason}")]
+    Malformed { path: String, reason: String },
+}
+
+impl PeerError {
+    /// Whether trying again later may help (a refused key will not fix itself).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Unreachable { .. } | Self::Status { .. })
+    }
+}
+
+/// A peer's base URL and the key it issued to us.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    base: Url,
+    key: SecretString,
+    max_page_bytes: usize,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient").field("base", &self.base.as_str()).finish_non_exhaustive()
+    }
+}
+
+/// An HTTP client with the timeouts peers get: bounded connect and idle time, no total
+/// limit (a stream may rightly last hours), and no redirects followed, so our key is
+/// never sent anywhere but the URL the operator configured.
+pub fn http_client(settings: &PeerSettings) -> Result<reqwest::Client, PeerError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("Velour/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(settings.connect_timeout())
+        .read_timeout(settings.read_timeout())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| PeerError::Client(e.to_string()))
+}
+
+impl PeerClient {
+    pub fn new(base: &Url, key: SecretString, settings: &PeerSettings) -> Result<Self, PeerError> {
+        Self::with_http(http_client(settings)?, base, key, settings.max_page_bytes)
+    }
+
+    /// Shares one connection pool among many peers (the stream service does).
+    pub fn with_http(
+        http: reqwest::Client,
+        base: &Url,
+        key: SecretString,
+        max_page_bytes: usize,
+    ) -> Result<Self, PeerError> {
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(PeerError::BadUrl(base.to_string()));
+        }
+        // Paths are joined onto the base, so it must end with a slash to keep any prefix
+        // (a peer behind https://host/velour/).
+        let mut base = base.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        Ok(Self { http, base, key, max_page_bytes })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> Result<Url, PeerError> {
+        self.base.join(path).map_err(|_| PeerError::BadUrl(self.base.to_string()))
+    }
+
+    pub async fn ping(&self) -> Result<Ping, PeerError> {
+        self.get_json("api/v1/ping").await
+    }
+
+    pub async fn instance(&self) -> Result<InstanceInfo, PeerError> {
+        self.get_json("api/v1/instance").await
+    }
+
+    /// One page of the peer's works.
+    pub async fn works_page(&self, page: u32, per_page: u32) -> Result<WorksPage, PeerError> {
+        self.get_json(&format!("api/v1/works?page={page}&per_page={per_page}")).await
+    }
+
+    /// The URL of a video's bytes on the peer.
+    pub fn stream_url(&self, remote_video_id: i64) -> Result<Url, PeerError> {
+        self.url(&format!("api/v1/videos/{remote_video_id}/stream"))
+    }
+
+    /// Starts a request for a video's bytes, with our key and the given extra headers
+    /// (a range, validators). The caller streams the body.
+    pub async fn stream(
+        &self,
+        method: reqwest::Method,
+        remote_video_id: i64,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<reqwest::Response, PeerError> {
+        let url = self.stream_url(remote_video_id)?;
+        let path = url.path().to_owned();
+        self.http
+            .request(method, url)
+            .bearer_auth(self.key.expose_secret())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| transport_error(&path, &e))
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, PeerError> {
+        let url = self.url(path_and_query)?;
+        let path = url.path().to_owned();
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.key.expose_secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| transport_error(&path, &e))?;
+
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(PeerError::Unauthorized { path, status: status.as_u16() });
+        }
+        if !status.is_success() {
+            return Err(PeerError::Status { path, status: status.as_u16() });
+        }
+        let body = self.read_capped(&path, response).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| PeerError::Malformed { path, reason: e.to_string() })
+    }
+
+    /// Reads a body while counting it, so a peer cannot make us hold more than the cap.
+    async fn read_capped(
+        &self,
+        path: &str,
+        response: reqwest::Response,
+    ) -> Result<Vec<u8>, PeerError> {
+        let limit = self.max_page_bytes;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(PeerError::TooLarge { path: path.to_owned(), limit });
+        }
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| transport_error(path, &e))?;
+            if body.len() + chunk.len() > limit {
+                return Err(PeerError::TooLarge { path: path.to_owned(), limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// Describes a transport failure without the URL (reqwest's messages include it, and
+/// with it possibly a query); the path alone says which call failed.
+fn transport_error(path: &str, err: &reqwest::Error) -> PeerError {
+    if err.is_timeout() {
+        return PeerError::Timeout { path: path.to_owned() };
+    }
+    let reason = if err.is_connect() {
+        "connection failed".to_owned()
+    } else if err.is_body() || err.is_decode() {
+        "the body was cut off".to_owned()
+    } else {
+        "the request failed".to_owned()
+    };
+    PeerError::Unreachable { path: path.to_owned(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> PeerClient {
+        let url = Url::parse(base).unwrap();
+        PeerClient::new(&url, SecretString::from("k"), &PeerSettings::default()).unwrap()
+    }
+
+    #[test]
+    fn paths_keep_the_base_prefix() {
+        let c = client("https://peer.example/velour");
+        assert_eq!(
+            c.stream_url(5).unwrap().as_str(),
+            "https://peer.example/velour/api/v1/videos/5/stream"
+        );
+    }
+
+    #[test]
+    fn non_http_bases_are_refused() {
+        let url = Url::parse("ftp://peer.example/").unwrap();
+        let made = PeerClient::new(&url, SecretString::from("k"), &PeerSettings::default());
+        assert!(made.is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Federation: the JSON that Velour instances speak to each other, and the client that
+//! reads a peer's catalog and streams.
+//!
+//! The wire types keep the field names of the original design so that any peer speaking
+//! that format interoperates. Parsing is lenient where the format is loose (missing
+//! optional fields, unknown extra fields) and strict where we depend on a value (ids).
+
+mod client;
+mod wire;
+
+pub use client::{PeerClient, PeerError, http_client};
+pub use wire::*;

@@ -1,0 +1,169 @@
+//! The federation wire format.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `GET /api/v1/ping`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Ping {
+    /// Always `ok` when the instance answers.
+    pub status: String,
+    /// The instance's clock, ISO 8601.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// `GET /api/v1/instance`: who the instance is and how much it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct InstanceInfo {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Works with at least one present video.
+    #[serde(default)]
+    pub total_works: i64,
+    /// Present videos.
+    #[serde(default)]
+    pub total_videos: i64,
+    /// Bytes held by present videos.
+    #[serde(default)]
+    pub total_storage: i64,
+}
+
+/// Where a listing stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct Pagination {
+    /// The page returned, from 1.
+    pub current_page: i64,
+    /// Pages in the whole listing at the time of the request.
+    pub total_pages: i64,
+    /// Items in the whole listing at the time of the request.
+    pub total_count: i64,
+}
+
+/// A video as listed inside its work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct WorkVideo {
+    pub id: i64,
+    pub filename: String,
+    /// Bytes, exact.
+    pub file_size: i64,
+    /// Whether browsers play it as it is (H.264/VP8/VP9/AV1 video in MP4 or WebM).
+    #[serde(default)]
+    pub web_compatible: bool,
+    /// Seconds.
+    #[serde(default)]
+    pub duration: Option<f64>,
+    #[serde(default)]
+    pub width: Option<i32>,
+    #[serde(default)]
+    pub height: Option<i32>,
+    #[serde(default)]
+    pub video_codec: Option<String>,
+    #[serde(default)]
+    pub audio_codec: Option<String>,
+    /// Content fingerprints by algorithm, e.g. `{"oshash": "0123456789abcdef"}`.
+    #[serde(default)]
+    pub fingerprints: Value,
+    /// `local`, `s3` or `velour` (a video this instance itself reads from a peer).
+    #[serde(default)]
+    pub storage_type: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A film or show with its videos.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Work {
+    pub id: i64,
+    pub title: String,
+    #[serde(default)]
+    pub year: Option<i32>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub director: Option<String>,
+    #[serde(default)]
+    pub rating: Option<f64>,
+    #[serde(default)]
+    pub organized: bool,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub videos: Vec<WorkVideo>,
+}
+
+/// `GET /api/v1/works`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct WorksPage {
+    pub works: Vec<Work>,
+    pub pagination: Pagination,
+}
+
+/// A video on its own (`GET /api/v1/videos/{id}` and search), naming its work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Video {
+    pub id: i64,
+    pub filename: String,
+    pub work_id: i64,
+    pub work_title: String,
+    pub file_size: i64,
+    #[serde(default)]
+    pub web_compatible: bool,
+    #[serde(default)]
+    pub duration: Option<f64>,
+    #[serde(default)]
+    pub width: Option<i32>,
+    #[serde(default)]
+    pub height: Option<i32>,
+    #[serde(default)]
+    pub video_codec: Option<String>,
+    #[serde(default)]
+    pub audio_codec: Option<String>,
+    #[serde(default)]
+    pub fingerprints: Value,
+    #[serde(default)]
+    pub storage_type: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/videos/search`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct VideosPage {
+    pub videos: Vec<Video>,
+    pub pagination: Pagination,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page as the original design's server writes it: extra fields, missing optional
+    /// ones, and a null fingerprint map.
+    const SEED_STYLE_PAGE: &str = r#"{
+        "works": [{
+            "id": 7, "title": "Big Buck Bunny", "year": 2008, "description": null,
+            "director": null, "rating": null, "organized": false,
+            "created_at": "2025-10-31T03:36:14Z",
+            "videos": [{
+                "id": 11, "filename": "bbb.mp4", "file_size": 1055736, "web_compatible": true,
+                "duration": 5.312, "width": 1280, "height": 720, "video_codec": "h264",
+                "audio_codec": "aac", "fingerprints": null, "storage_type": "local",
+                "created_at": "2025-10-31T03:36:14+11:00", "unknown_extra": 1
+            }]
+        }],
+        "pagination": {"current_page": 1, "total_pages": 1, "total_count": 1}
+    }"#;
+
+    #[test]
+    fn a_seed_style_page_parses() {
+        let page: WorksPage = serde_json::from_str(SEED_STYLE_PAGE).unwrap();
+        assert_eq!(page.works[0].videos[0].file_size, 1_055_736);
+        assert_eq!(page.pagination.total_count, 1);
+    }
+
+    #[test]
+    fn a_bare_array_is_not_a_page() {
+        assert!(serde_json::from_str::<WorksPage>("[]").is_err());
+    }
+}

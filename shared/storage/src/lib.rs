@@ -1,0 +1,10 @@
+//! Reading video bytes from where they are stored: byte ranges (RFC 9110 §14), the
+//! validators of conditional requests (§13), and the local-folder backend.
+
+pub mod local;
+pub mod range;
+pub mod validators;
+
+pub use local::{LocalError, LocalFile, content_type_for};
+pub use range::{ByteRange, ContentRange, ResolvedRange, Unsatisfiable, unsatisfied_content_range};
+pub use validators::Validators;

@@ -1,0 +1,301 @@
+//! Videos in a folder on a local disk.
+//!
+//! A video's `source_key` is a path relative to its location's root. The key comes from
+//! our own scanner, but the root is configured and the tree can change under us, so every
+//! open checks that the file it reaches is a regular file inside the root: no absolute
+//! keys, no `..`, and no symbolic link leading out.
+
+use crate::range::ResolvedRange;
+use std::io::{self, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// Bytes read from disk per chunk of a streamed body: large enough for few system calls,
+/// small enough that many concurrent streams hold little memory.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why a file could not be opened. Messages name paths: they are for logs, not clients.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("the source key {0:?} is not a relative path without `..`")]
+    InvalidKey(String),
+    #[error("the location root {root} is unavailable: {source}")]
+    RootUnavailable { root: PathBuf, source: io::Error },
+    #[error("no file at {0}")]
+    NotFound(PathBuf),
+    #[error("{path} resolves to {resolved}, outside the location root")]
+    OutsideRoot { path: PathBuf, resolved: PathBuf },
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    #[error("could not read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// An open video file, checked to lie inside its location's root.
+#[derive(Debug)]
+pub struct LocalFile {
+    file: tokio::fs::File,
+    path: PathBuf,
+    size: u64,
+    modified: SystemTime,
+}
+
+/// A streamed byte range of a file, read a chunk at a time.
+pub type FileStream = ReaderStream<tokio::io::Take<tokio::fs::File>>;
+
+impl LocalFile {
+    /// Opens `source_key` under `root`. Nothing of the file's content is read.
+    pub async fn open(root: &Path, source_key: &str) -> Result<Self, LocalError> {
+        let relative = checked_relative(source_key)?;
+        let root = tokio::fs::canonicalize(root)
+            .await
+            .map_err(|source| LocalError::RootUnavailable { root: root.to_owned(), source })?;
+
+        let joined = root.join(relative);
+        let path = match tokio::fs::canonicalize(&joined).await {
+            Ok(path) => path,
+            Err(e) if is_missing(&e) => return Err(LocalError::NotFound(joined)),
+            Err(source) => {
+                return Err(LocalError::Io { path: joined, source });
+            }
+        };
+        // Canonical paths have no links and no `..` left, so a prefix check is exact.
+        if !path.starts_with(&root) {
+            return Err(LocalError::OutsideRoot { path: joined, resolved: path });
+        }
+
+        // Checked before opening: opening a FIFO would block until a writer appears.
+        let io_error = |source| LocalError::Io { path: path.clone(), source };
+        let metadata = tokio::fs::metadata(&path).await.map_err(io_error)?;
+        if !metadata.is_file() {
+            return Err(LocalError::NotAFile(path));
+        }
+        let file = tokio::fs::File::open(&path).await.map_err(io_error)?;
+        // Size and time of the file actually opened, should it have been replaced since.
+        let metadata = file.metadata().await.map_err(io_error)?;
+        let modified = metadata.modified().map_err(io_error)?;
+
+        Ok(Self { file, size: metadata.len(), modified, path })
+    }
+
+    /// Bytes in the file when it was opened.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn modified(&self) -> SystemTime {
+        self.modified
+    }
+
+    /// The canonical path, for logs.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `Content-Type` to serve the file with.
+    pub fn content_type(&self) -> &'static str {
+        content_type_for(&self.path)
+    }
+
+    /// Streams `range`, or the whole file, without holding more than one chunk.
+    pub async fn into_stream(
+        mut self,
+        range: Option<ResolvedRange>,
+    ) -> Result<FileStream, LocalError> {
+        let (start, len) = match range {
+            Some(range) => (range.start, range.len()),
+            None => (0, self.size),
+        };
+        if start > 0 {
+            self.file
+                .seek(SeekFrom::Start(start))
+                .await
+                .map_err(|source| LocalError::Io { path: self.path.clone(), source })?;
+        }
+        // `take` also stops at the length promised in Content-Length should the file grow.
+        Ok(ReaderStream::with_capacity(self.file.take(len), CHUNK_BYTES))
+    }
+}
+
+/// The key as a relative path of plain names. `.` segments are harmless and dropped.
+fn checked_relative(source_key: &str) -> Result<PathBuf, LocalError> {
+    let invalid = || LocalError::InvalidKey(source_key.to_owned());
+    if source_key.contains('\0') {
+        return Err(invalid());
+    }
+    let mut relative = PathBuf::new();
+    for component in Path::new(source_key).components() {
+        match component {
+            Component::Normal(name) => relative.push(name),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid());
+            }
+        }
+    }
+    if relative.as_os_str().is_empty() {
+        return Err(invalid());
+    }
+    Ok(relative)
+}
+
+fn is_missing(err: &io::Error) -> bool {
+    // A file name used as a folder (`movie.mkv/x`) is missing too.
+    matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+}
+
+/// The media type of a video file by its extension. The common video containers are
+/// named here so that browsers get the types they play, whatever the MIME database says.
+pub fn content_type_for(path: &Path) -> &'static str {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    match extension.to_ascii_lowercase().as_str() {
+        "mp4" | "m4v" => "video/mp4",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        _ => mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures_util::TryStreamExt;
+
+    fn root_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        dir
+    }
+
+    async fn read_all(file: LocalFile, range: Option<ResolvedRange>) -> Vec<u8> {
+        let chunks: Vec<Bytes> =
+            file.into_stream(range).await.unwrap().try_collect().await.unwrap();
+        chunks.concat()
+    }
+
+    #[test]
+    fn keys_must_be_relative_paths_without_parent_segments() {
+        let cases = [
+            ("movie.mkv", true),
+            ("films/2008/movie.mkv", true),
+            ("./films//movie.mkv", true),
+            ("films/../movie.mkv", false),
+            ("../movie.mkv", false),
+            ("/etc/passwd", false),
+            ("", false),
+            (".", false),
+            ("a\0b", false),
+        ];
+        for (key, allowed) in cases {
+            assert_eq!(checked_relative(key).is_ok(), allowed, "{key:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_inside_the_root_opens_with_its_size() {
+        let root = root_with(&[("films/a.mkv", b"0123456789")]);
+        let file = LocalFile::open(root.path(), "films/a.mkv").await.unwrap();
+        assert_eq!(file.size(), 10);
+        assert_eq!(file.content_type(), "video/x-matroska");
+        assert_eq!(read_all(file, None).await, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_range_streams_only_its_bytes() {
+        let root = root_with(&[("a.mp4", b"0123456789")]);
+        let file = LocalFile::open(root.path(), "a.mp4").await.unwrap();
+        let range = ResolvedRange { start: 2, end: 5 };
+        assert_eq!(read_all(file, Some(range)).await, b"2345");
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_not_found() {
+        let root = root_with(&[("a.mp4", b"x")]);
+        for key in ["b.mp4", "a.mp4/inner"] {
+            let err = LocalFile::open(root.path(), key).await.unwrap_err();
+            assert!(matches!(err, LocalError::NotFound(_)), "{key}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_is_unavailable() {
+        let root = root_with(&[]);
+        let gone = root.path().join("nope");
+        let err = LocalFile::open(&gone, "a.mp4").await.unwrap_err();
+        assert!(matches!(err, LocalError::RootUnavailable { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_folder_is_not_a_file() {
+        let root = root_with(&[("films/a.mp4", b"x")]);
+        let err = LocalFile::open(root.path(), "films").await.unwrap_err();
+        assert!(matches!(err, LocalError::NotAFile(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn parent_segments_are_refused_before_touching_the_disk() {
+        let root = root_with(&[("a.mp4", b"x")]);
+        let inner = root.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let err = LocalFile::open(&inner, "../a.mp4").await.unwrap_err();
+        assert!(matches!(err, LocalError::InvalidKey(_)), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_symlink_out_of_the_root_is_refused() {
+        let outside = root_with(&[("secret.mp4", b"secret")]);
+        let root = root_with(&[]);
+        std::os::unix::fs::symlink(outside.path().join("secret.mp4"), root.path().join("a.mp4"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("linked")).unwrap();
+        for key in ["a.mp4", "linked/secret.mp4"] {
+            let err = LocalFile::open(root.path(), key).await.unwrap_err();
+            assert!(matches!(err, LocalError::OutsideRoot { .. }), "{key}: {err}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_symlink_within_the_root_is_followed() {
+        let root = root_with(&[("films/a.webm", b"abc")]);
+        std::os::unix::fs::symlink(root.path().join("films/a.webm"), root.path().join("b.webm"))
+            .unwrap();
+        let file = LocalFile::open(root.path(), "b.webm").await.unwrap();
+        assert_eq!(file.size(), 3);
+        assert_eq!(file.content_type(), "video/webm");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_root_reached_through_a_symlink_still_works() {
+        let real = root_with(&[("a.mp4", b"abc")]);
+        let holder = root_with(&[]);
+        let link = holder.path().join("library");
+        std::os::unix::fs::symlink(real.path(), &link).unwrap();
+        let file = LocalFile::open(&link, "a.mp4").await.unwrap();
+        assert_eq!(file.size(), 3);
+    }
+
+    #[test]
+    fn video_containers_get_the_types_browsers_play() {
+        let cases = [
+            ("a.mp4", "video/mp4"),
+            ("a.M4V", "video/mp4"),
+            ("a.webm", "video/webm"),
+            ("a.MKV", "video/x-matroska"),
+            ("a.avi", "video/x-msvideo"),
+            ("a", "application/octet-stream"),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(content_type_for(Path::new(name)), expected, "{name}");
+        }
+    }
+}

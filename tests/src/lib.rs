@@ -1,0 +1,398 @@
+//! Test harness: real Velour instances (gateway, stream service and worker, in-process on
+//! port 0) on the machine's real Postgres and Redis, each with its own database and Redis
+//! database number, and real videos made with ffmpeg.
+
+use anyhow::{Context, bail, ensure};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+use velour_core::Permissions;
+use velour_core::settings::{DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings};
+use velour_db::keys::KeyOwner;
+
+/// The Postgres server tests use; each test gets its own database on it.
+fn postgres_server() -> String {
+    std::env::var("VELOUR_TEST_POSTGRES").unwrap_or_else(|_| "postgres://127.0.0.1".to_owned())
+}
+
+/// The Redis server tests use; each instance gets its own database number on it.
+fn redis_server() -> String {
+    std::env::var("VELOUR_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+const TEST_DB_PREFIX: &str = "velour_test_";
+
+static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops databases that earlier, failed runs left behind. Runs once per test binary,
+/// before any test creates its own.
+async fn sweep_leftover_databases() -> anyhow::Result<()> {
+    SWEPT
+        .get_or_try_init(|| async {
+            let admin = PgPool::connect(&format!("{}/postgres", postgres_server())).await?;
+            let names: Vec<String> =
+                sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+                    .bind(format!("{TEST_DB_PREFIX}%"))
+                    .fetch_all(&admin)
+                    .await?;
+            for name in names {
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
+            }
+            admin.close().await;
+            anyhow::Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// A database of its own for one instance, dropped by `drop_database`.
+pub struct TestDb {
+    pub name: String,
+    pub settings: DatabaseSettings,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> anyhow::Result<Self> {
+        sweep_leftover_databases().await?;
+        let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let url = Url::parse(&format!("{}/{name}", postgres_server()))?;
+        let settings = DatabaseSettings { database_url: url };
+        let pool = velour_db::connect_and_migrate(&settings).await?;
+        Ok(Self { name, settings, pool })
+    }
+
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let admin = PgPool::connect(&format!("{}/postgres", postgres_server())).await?;
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
+        admin.close().await;
+        Ok(())
+    }
+}
+
+/// Redis database numbers handed to instances of this test binary (0 is left to people
+/// running Velour by hand).
+static REDIS_DBS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static REDIS_DBS_INIT: std::sync::Once = std::sync::Once::new();
+
+/// One Redis database number, emptied, returned to the pool on drop.
+pub struct RedisDb {
+    pub number: u8,
+}
+
+impl RedisDb {
+    pub async fn take() -> anyhow::Result<Self> {
+        REDIS_DBS_INIT.call_once(|| {
+            if let Ok(mut free) = REDIS_DBS.lock() {
+                free.extend(1..=15);
+            }
+        });
+        let number = loop {
+            let taken = REDIS_DBS.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+            match taken {
+                Some(n) => break n,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let db = Self { number };
+        let client = redis::Client::open(db.url().as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
+        Ok(db)
+    }
+
+    pub fn url(&self) -> Url {
+        // The server URL comes from a constant or the environment and has no path.
+        let text = format!("{}/{}", redis_server(), self.number);
+        Url::parse(&text).unwrap_or_else(|e| panic!("bad VELOUR_TEST_REDIS {text:?}: {e}"))
+    }
+}
+
+impl Drop for RedisDb {
+    fn drop(&mut self) {
+        if let Ok(mut free) = REDIS_DBS.lock() {
+            free.push(self.number);
+        }
+    }
+}
+
+/// A running Velour instance: gateway, stream service and worker on their own database.
+pub struct Instance {
+    pub name: String,
+    pub base: Url,
+    pub stream_base: Url,
+    pub admin_key: SecretString,
+    pub http: reqwest::Client,
+    db: Option<TestDb>,
+    _redis: RedisDb,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Instance {
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let db = TestDb::create().await?;
+        let redis = RedisDb::take().await?;
+        let stop = CancellationToken::new();
+        let peer = PeerSettings::default();
+
+        let stream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let stream_base = Url::parse(&format!("http://{}/", stream_listener.local_addr()?))?;
+        let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = Url::parse(&format!("http://{}/", gateway_listener.local_addr()?))?;
+
+        let stream_state = velour_stream::StreamState::new(db.pool.clone(), peer.clone())?;
+        let redis_settings = RedisSettings { redis_url: redis.url() };
+        let gateway_state = velour_gateway::GatewayState::new(
+            db.pool.clone(),
+            &redis_settings,
+            stream_base.clone(),
+            format!("Velour {name}"),
+        )
+        .await?;
+        let worker_state =
+            velour_worker::WorkerState::new(db.pool.clone(), WorkerSettings::default(), peer);
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(velour_stream::serve(
+            stream_listener,
+            stream_state,
+            stop.clone().cancelled_owned(),
+        )));
+        tasks.push(tokio::spawn(velour_gateway::serve(
+            gateway_listener,
+            gateway_state,
+            stop.clone().cancelled_owned(),
+        )));
+        let redis_url = redis.url();
+        let worker_stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            velour_worker::run(worker_state, &redis_url, worker_stop.cancelled_owned()).await
+        }));
+
+        let all = Permissions { can_read: true, can_stream: true, can_metadata: true };
+        let (_, admin_key) =
+            velour_db::keys::create_api_key(&db.pool, KeyOwner::Admin, "test admin", all).await?;
+
+        let instance = Self {
+            name: name.to_owned(),
+            base,
+            stream_base,
+            admin_key,
+            http: reqwest::Client::new(),
+            db: Some(db),
+            _redis: redis,
+            stop,
+            tasks,
+        };
+        instance.wait_until_ready().await?;
+        Ok(instance)
+    }
+
+    /// Polls both services' health checks; a readiness check, not a sleep.
+    async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        for base in [&self.base, &self.stream_base] {
+            let url = base.join("healthz")?;
+            let mut ready = false;
+            for _ in 0..200 {
+                if let Ok(r) = self.http.get(url.clone()).send().await {
+                    if r.status().is_success() {
+                        ready = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            ensure!(ready, "{} never became ready at {url}", self.name);
+        }
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        // Present from start until `stop`, which consumes the instance.
+        &self.db.as_ref().unwrap_or_else(|| unreachable!("db taken before stop")).pool
+    }
+
+    pub fn url(&self, path: &str) -> Url {
+        self.base.join(path.trim_start_matches('/')).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// A request with the admin key.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(self.admin_key.expose_secret())
+    }
+
+    /// GET with the admin key, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self.admin(reqwest::Method::GET, path).send().await?;
+        expect_json(response, StatusCode::OK).await
+    }
+
+    /// POST JSON with the admin key, expecting `status` and JSON back.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        status: StatusCode,
+    ) -> anyhow::Result<Value> {
+        let response = self.admin(reqwest::Method::POST, path).json(body).send().await?;
+        expect_json(response, status).await
+    }
+
+    /// Issues a member key through the admin API.
+    pub async fn issue_key(&self, name: &str, permissions: Permissions) -> anyhow::Result<String> {
+        let body = serde_json::json!({
+            "name": name,
+            "permissions": {
+                "can_read": permissions.can_read,
+                "can_stream": permissions.can_stream,
+                "can_metadata": permissions.can_metadata,
+            }
+        });
+        let created = self.post_json("/api/v1/admin/api_keys", &body, StatusCode::CREATED).await?;
+        created["key"].as_str().map(str::to_owned).context("no key in the answer")
+    }
+
+    pub async fn add_local_location(&self, name: &str, path: &Path) -> anyhow::Result<i64> {
+        let body = serde_json::json!({
+            "name": name,
+            "storage_type": "local",
+            "configuration": { "path": path.to_str().context("non-UTF-8 temp path")? },
+        });
+        let created =
+            self.post_json("/api/v1/admin/storage_locations", &body, StatusCode::CREATED).await?;
+        created["id"].as_i64().context("no id")
+    }
+
+    pub async fn add_peer_location(
+        &self,
+        name: &str,
+        peer: &Instance,
+        key: &str,
+    ) -> anyhow::Result<i64> {
+        let body = serde_json::json!({
+            "name": name,
+            "storage_type": "velour",
+            "configuration": {
+                "remote_instance_url": peer.base.as_str(),
+                "api_key": key,
+                "instance_name": peer.name,
+            },
+        });
+        let created =
+            self.post_json("/api/v1/admin/storage_locations", &body, StatusCode::CREATED).await?;
+        created["id"].as_i64().context("no id")
+    }
+
+    /// Requests a scan through the API and waits for the worker to finish it.
+    pub async fn scan(&self, location_id: i64) -> anyhow::Result<Value> {
+        let path = format!("/api/v1/admin/storage_locations/{location_id}/scans");
+        let run = self.post_json(&path, &Value::Null, StatusCode::ACCEPTED).await?;
+        let id = run["id"].as_i64().context("no scan run id")?;
+        for _ in 0..1200 {
+            let run = self.get_json(&format!("/api/v1/admin/scan_runs/{id}")).await?;
+            match run["state"].as_str() {
+                Some("succeeded") => return Ok(run),
+                Some("failed") => bail!("scan {id} failed: {}", run["error"]),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        bail!("scan {id} did not finish within a minute")
+    }
+
+    /// Every work, reading every page.
+    pub async fn all_works(&self) -> anyhow::Result<Vec<Value>> {
+        let mut works = Vec::new();
+        let mut page = 1;
+        loop {
+            let listed = self.get_json(&format!("/api/v1/works?page={page}&per_page=2")).await?;
+            let items = listed["works"].as_array().context("works is not an array")?;
+            works.extend(items.iter().cloned());
+            let total_pages = listed["pagination"]["total_pages"].as_i64().context("pages")?;
+            if page >= total_pages {
+                return Ok(works);
+            }
+            page += 1;
+        }
+    }
+
+    /// Stops the services and drops the database.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(20), task).await {
+                Ok(joined) => joined??,
+                Err(_) => bail!("{} did not stop within 20 s", self.name),
+            }
+        }
+        if let Some(db) = self.db.take() {
+            db.drop_database().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the status and returns the JSON body, with the body in the error if not.
+pub async fn expect_json(response: reqwest::Response, status: StatusCode) -> anyhow::Result<Value> {
+    let got = response.status();
+    let text = response.text().await?;
+    ensure!(got == status, "expected {status}, got {got}: {text}");
+    serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
+}
+
+/// Runs a command to completion, failing with its standard error if it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("could not run {program}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(output.stdout)
+}
+
+/// Makes a short test video with ffmpeg's synthetic sources.
+pub fn make_video(path: &Path, codecs: &[&str], seconds: u32) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let duration = seconds.to_string();
+    let video_src = format!("testsrc=duration={duration}:size=320x240:rate=25");
+    let audio_src = format!("sine=frequency=440:duration={duration}");
+    let out = path.to_str().context("non-UTF-8 path")?;
+    let mut args = vec!["-y", "-v", "error", "-f", "lavfi", "-i", &video_src];
+    args.extend(["-f", "lavfi", "-i", &audio_src]);
+    args.extend(codecs);
+    args.extend(["-shortest", out]);
+    run("ffmpeg", &args)?;
+    Ok(())
+}
+
+/// What ffprobe says of a file or URL: (duration in seconds, size in bytes if known).
+pub fn ffprobe_duration(input: &str, headers: Option<&str>) -> anyhow::Result<f64> {
+    let mut args = vec!["-v", "error"];
+    if let Some(h) = headers {
+        args.extend(["-headers", h]);
+    }
+    args.extend(["-show_entries", "format=duration", "-of", "default=nw=1:nk=1", input]);
+    let out = run("ffprobe", &args)?;
+    let text = String::from_utf8(out)?;
+    Ok(text.trim().parse()?)
+}
+
+/// The sample videos shipped beside the checkout, in `../shared/media`.
+pub fn shared_media_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media")
+}
