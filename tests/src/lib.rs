@@ -204,11 +204,10 @@ impl Instance {
             let url = base.join("healthz")?;
             let mut ready = false;
             for _ in 0..200 {
-                if let Ok(r) = self.http.get(url.clone()).send().await {
-                    if r.status().is_success() {
-                        ready = true;
-                        break;
-                    }
+                let answer = self.http.get(url.clone()).send().await;
+                if answer.is_ok_and(|r| r.status().is_success()) {
+                    ready = true;
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
