@@ -1,5 +1,11 @@
 //! End to end: two real instances on loopback federate a library of real videos.
 
+mod browser;
+mod peer_faults;
+mod s3;
+mod signed_urls;
+mod streaming;
+
 use anyhow::Context;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
@@ -307,5 +313,149 @@ async fn the_served_openapi_document_matches_the_committed_copy() -> anyhow::Res
         served, committed,
         "openapi/openapi.json is stale: run VELOUR_BLESS_OPENAPI=1 cargo test -p velour-tests"
     );
+    Ok(())
+}
+
+/// Sends raw request bytes to the gateway and reads its answer until it closes or 5 s pass.
+async fn raw_request(instance: &Instance, request: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = instance.base.host_str().context("host")?;
+    let port = instance.base.port().context("port")?;
+    let mut socket = tokio::net::TcpStream::connect((host, port)).await?;
+    socket.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()> {
+    let a = Instance::start("bad input").await?;
+    let library = tempfile::tempdir()?;
+    make_video(&library.path().join("Edge (2010).mp4"), H264_AAC, 1)?;
+    let folder = a.add_local_location("films", library.path()).await?;
+    a.scan(folder).await?;
+    let video_id = a.all_works().await?[0]["videos"][0]["id"].as_i64().context("video id")?;
+    let reader =
+        a.issue_key("reader", Permissions { can_read: true, ..Default::default() }).await?;
+
+    // A key that may not use the admin API is refused before its body is even parsed.
+    let refused = a
+        .http
+        .post(a.url("/api/v1/admin/api_keys"))
+        .bearer_auth(&reader)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{ this is not JSON")
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    // Bodies are bounded, declared or streamed. A declared length over the limit is
+    // refused from the headers alone, before any of the body is sent.
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let answer = raw_request(
+        &a,
+        &format!(
+            "POST /api/v1/admin/api_keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            secrecy::ExposeSecret::expose_secret(&a.admin_key),
+            huge.len()
+        ),
+    )
+    .await?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload-too-large"), "{answer}");
+    let chunks = futures_util::stream::iter(
+        huge.chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>(),
+    );
+    // Its own client: the gateway may close this connection, which must not be pooled.
+    let streamed = reqwest::Client::new()
+        .post(a.url("/api/v1/admin/api_keys"))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&a.admin_key))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    // The gateway answers as soon as the limit is passed and may close the connection
+    // while the client is still sending; either way nothing was created.
+    match streamed {
+        Ok(response) => assert!(response.status().is_client_error(), "{}", response.status()),
+        Err(err) => assert!(err.is_request() || err.is_body(), "{err}"),
+    }
+
+    // Text Postgres cannot store, paths that spell a folder twice, keys that cannot travel
+    // in a header: each a 400 with a code, none a 500.
+    let cases = [
+        ("/api/v1/admin/api_keys", json!({"name": "a\u{0}b"})),
+        (
+            "/api/v1/admin/storage_locations",
+            json!({"name": "x\u{0}", "storage_type": "local", "configuration": {"path": "/tmp"}}),
+        ),
+        (
+            "/api/v1/admin/storage_locations",
+            json!({"name": "dots", "storage_type": "local", "configuration": {"path": "/tmp/../tmp"}}),
+        ),
+        (
+            "/api/v1/admin/storage_locations",
+            json!({"name": "nul", "storage_type": "local", "configuration": {"path": "/tmp/\u{0}"}}),
+        ),
+        (
+            "/api/v1/admin/storage_locations",
+            json!({"name": "p", "storage_type": "velour", "configuration":
+                {"remote_instance_url": "http://127.0.0.1:1", "api_key": "a\r\nb"}}),
+        ),
+        (
+            "/api/v1/admin/storage_locations",
+            json!({"name": "p", "storage_type": "velour", "configuration":
+                {"remote_instance_url": "ftp://127.0.0.1/", "api_key": "k"}}),
+        ),
+        (
+            "/api/v1/admin/storage_locations",
+            json!({"name": "p", "storage_type": "jellyfin", "configuration": {}}),
+        ),
+    ];
+    for (path, body) in cases {
+        let response = a.admin(Method::POST, path).json(&body).send().await?;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: Value = response.json().await?;
+        assert!(error["code"].as_str().is_some_and(|c| !c.is_empty()), "{body}: {error}");
+    }
+    let locations = a.get_json("/api/v1/admin/storage_locations").await?;
+    assert_eq!(locations.as_array().map(Vec::len), Some(1), "{locations}");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(a.pool()).await?;
+    assert_eq!(keys, 2, "only the admin's and the reader's keys exist");
+
+    let nul = a.admin(Method::GET, "/api/v1/videos/search?query=a%00b").send().await?;
+    assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
+
+    // HEAD errors keep their status through the gateway, though they carry no body.
+    let stream = format!("/api/v1/videos/{video_id}/stream");
+    let head = a.admin(Method::HEAD, &stream).header(header::RANGE, "bytes=-0").send().await?;
+    assert_eq!(head.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let head = a.admin(Method::HEAD, "/api/v1/videos/987654/stream").send().await?;
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+
+    // Sizes a peer might claim cannot overflow the instance's totals.
+    sqlx::query(
+        "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+         SELECT work_id, storage_location_id, 'huge-' || n, 'huge', 9223372036854775807
+         FROM videos, generate_series(1, 2) AS n LIMIT 2",
+    )
+    .execute(a.pool())
+    .await?;
+    let instance = a.get_json("/api/v1/instance").await?;
+    assert_eq!(instance["total_storage"], i64::MAX, "{instance}");
+
+    a.stop().await?;
     Ok(())
 }

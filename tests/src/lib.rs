@@ -8,13 +8,16 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 use velour_core::Permissions;
-use velour_core::settings::{DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings};
+use velour_core::settings::{
+    DatabaseSettings, PeerSettings, RedisSettings, SigningSettings, WorkerSettings,
+};
 use velour_db::keys::KeyOwner;
+
+pub mod s3;
 
 /// The Postgres server tests use; each test gets its own database on it.
 fn postgres_server() -> String {
@@ -31,25 +34,41 @@ const TEST_DB_PREFIX: &str = "velour_test_";
 static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 /// Drops databases that earlier, failed runs left behind. Runs once per test binary,
-/// before any test creates its own.
+/// before any test creates its own. Only databases nobody is connected to are dropped,
+/// and without force: other test binaries may be running on the same server, and their
+/// databases are in use.
 async fn sweep_leftover_databases() -> anyhow::Result<()> {
     SWEPT
         .get_or_try_init(|| async {
             let admin = PgPool::connect(&format!("{}/postgres", postgres_server())).await?;
-            let names: Vec<String> =
-                sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
-                    .bind(format!("{TEST_DB_PREFIX}%"))
-                    .fetch_all(&admin)
-                    .await?;
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT d.datname FROM pg_database d WHERE d.datname LIKE $1
+                 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
+            )
+            .bind(format!("{TEST_DB_PREFIX}%"))
+            .fetch_all(&admin)
+            .await?;
             for name in names {
-                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await?;
+                // Fails if someone connected since: then it is in use, and kept.
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\"");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
             }
             admin.close().await;
             anyhow::Ok(())
         })
         .await?;
     Ok(())
+}
+
+/// Services' logs, captured per test by the test harness and shown when a test fails.
+/// `RUST_LOG` overrides the level.
+fn init_test_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
 }
 
 /// A database of its own for one instance, dropped by `drop_database`.
@@ -79,35 +98,48 @@ impl TestDb {
     }
 }
 
-/// Redis database numbers handed to instances of this test binary (0 is left to people
-/// running Velour by hand).
-static REDIS_DBS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-static REDIS_DBS_INIT: std::sync::Once = std::sync::Once::new();
+/// How long a claim on a Redis database number lasts if its holder dies without
+/// releasing it.
+const REDIS_CLAIM_SECS: u64 = 1800;
 
-/// One Redis database number, emptied, returned to the pool on drop.
+fn redis_claim_key(number: u8) -> String {
+    format!("velour-test:claim:{number}")
+}
+
+/// One Redis database number (1 to 15; 0 is left to people running Velour by hand),
+/// emptied, and claimed through a key in database 0 so that no other test, in this process
+/// or any other running at the same time, uses it until it is dropped.
 pub struct RedisDb {
     pub number: u8,
+    claim: String,
 }
 
 impl RedisDb {
     pub async fn take() -> anyhow::Result<Self> {
-        REDIS_DBS_INIT.call_once(|| {
-            if let Ok(mut free) = REDIS_DBS.lock() {
-                free.extend(1..=15);
+        let control = redis::Client::open(format!("{}/0", redis_server()))?;
+        let mut conn = control.get_multiplexed_async_connection().await?;
+        let claim = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        for _ in 0..2400 {
+            for number in 1..=15u8 {
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg(redis_claim_key(number))
+                    .arg(&claim)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(REDIS_CLAIM_SECS)
+                    .query_async(&mut conn)
+                    .await?;
+                if taken.is_some() {
+                    let db = Self { number, claim };
+                    let client = redis::Client::open(db.url().as_str())?;
+                    let mut data = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("FLUSHDB").query_async::<()>(&mut data).await?;
+                    return Ok(db);
+                }
             }
-        });
-        let number = loop {
-            let taken = REDIS_DBS.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
-            match taken {
-                Some(n) => break n,
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        let db = Self { number };
-        let client = redis::Client::open(db.url().as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-        Ok(db)
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no Redis database number came free within two minutes")
     }
 
     pub fn url(&self) -> Url {
@@ -118,9 +150,16 @@ impl RedisDb {
 }
 
 impl Drop for RedisDb {
+    /// Releases the claim, if it is still ours (it may have expired and been taken).
     fn drop(&mut self) {
-        if let Ok(mut free) = REDIS_DBS.lock() {
-            free.push(self.number);
+        let release = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+        );
+        if let Ok(client) = redis::Client::open(format!("{}/0", redis_server()))
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let _: redis::RedisResult<()> =
+                release.key(redis_claim_key(self.number)).arg(&self.claim).invoke(&mut conn);
         }
     }
 }
@@ -140,17 +179,41 @@ pub struct Instance {
 
 impl Instance {
     pub async fn start(name: &str) -> anyhow::Result<Self> {
+        Self::start_with(name, WorkerSettings::default()).await
+    }
+
+    /// An instance whose worker has the given settings.
+    pub async fn start_with(name: &str, worker: WorkerSettings) -> anyhow::Result<Self> {
+        Self::start_configured(name, worker, PeerSettings::default()).await
+    }
+
+    /// An instance whose stream service and worker talk to peers with `peer` (short
+    /// timeouts, for tests of misbehaving peers).
+    pub async fn start_with_peer(name: &str, peer: PeerSettings) -> anyhow::Result<Self> {
+        Self::start_configured(name, WorkerSettings::default(), peer).await
+    }
+
+    async fn start_configured(
+        name: &str,
+        worker: WorkerSettings,
+        peer: PeerSettings,
+    ) -> anyhow::Result<Self> {
+        init_test_logs();
         let db = TestDb::create().await?;
         let redis = RedisDb::take().await?;
         let stop = CancellationToken::new();
-        let peer = PeerSettings::default();
+        // The secret is the one the catalog makes on first start, as when
+        // VELOUR_URL_SIGNING_SECRET is unset; gateway and stream service both read it.
+        let signing = SigningSettings::default();
+        let signer = velour_db::secrets::url_signer(&db.pool, &signing).await?;
 
         let stream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let stream_base = Url::parse(&format!("http://{}/", stream_listener.local_addr()?))?;
         let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = Url::parse(&format!("http://{}/", gateway_listener.local_addr()?))?;
 
-        let stream_state = velour_stream::StreamState::new(db.pool.clone(), peer.clone())?;
+        let stream_state = velour_stream::StreamState::new(db.pool.clone(), peer.clone())?
+            .with_signer(signer.clone());
         let redis_settings = RedisSettings { redis_url: redis.url() };
         let gateway_state = velour_gateway::GatewayState::new(
             db.pool.clone(),
@@ -158,9 +221,9 @@ impl Instance {
             stream_base.clone(),
             format!("Velour {name}"),
         )
-        .await?;
-        let worker_state =
-            velour_worker::WorkerState::new(db.pool.clone(), WorkerSettings::default(), peer);
+        .await?
+        .with_url_signing(signer, signing.signed_url_ttl());
+        let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer);
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(velour_stream::serve(

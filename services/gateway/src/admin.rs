@@ -1,7 +1,7 @@
 //! The admin API: keys, storage locations and scans. Only keys of admin users may call it.
 
 use crate::GatewayState;
-use crate::auth::ApiKeyAuth;
+use crate::auth::AdminKeyAuth;
 use crate::catalog::ApiTags;
 use crate::error::ApiError;
 use chrono::{DateTime, Utc};
@@ -17,6 +17,7 @@ use velour_core::{Permissions, StorageType};
 use velour_db::keys::KeyOwner;
 use velour_db::locations::{LocationRow, NewLocation};
 use velour_db::scans::ScanRunRow;
+use velour_storage::s3::{S3Error, S3Settings};
 
 /// What a key may do.
 #[derive(Clone, Copy, Debug, Default, Object)]
@@ -64,10 +65,14 @@ pub enum CreateKeyResponse {
 pub struct NewStorageLocation {
     #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
-    /// `local` or `velour` (`s3` is not supported yet).
+    /// `local`, `s3` or `velour`.
     pub storage_type: String,
     /// For `local`: `path` (absolute). For `velour`: `remote_instance_url`, `api_key` (the
     /// key the peer issued to us; stored apart and never shown again) and `instance_name`.
+    /// For `s3`: `bucket`, `access_key_id`, `secret_access_key` (stored apart and never
+    /// shown again), and optionally `region` (default `us-east-1`), `endpoint` (the base
+    /// URL of an S3-compatible store), `prefix` (a folder in the bucket) and `path_style`
+    /// (default true). The bucket must answer `HeadBucket` with these credentials.
     pub configuration: BTreeMap<String, Value>,
 }
 
@@ -170,9 +175,24 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid-configuration", message)
 }
 
+/// Text people typed: no control characters (Postgres cannot even store NUL), not blank.
+fn checked_text<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::bad_request("invalid-text", format!("{field} must not be blank")));
+    }
+    if value.chars().any(char::is_control) {
+        let message = format!("{field} must not contain control characters");
+        return Err(ApiError::bad_request("invalid-text", message));
+    }
+    Ok(value)
+}
+
 fn required_str<'a>(config: &'a BTreeMap<String, Value>, field: &str) -> Result<&'a str, ApiError> {
     match config.get(field) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim()),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            checked_text(&format!("configuration.{field}"), s)
+        }
         Some(_) => Err(invalid(format!("configuration.{field} must be a non-empty string"))),
         None => Err(invalid(format!("configuration.{field} is required"))),
     }
@@ -187,9 +207,16 @@ fn validate_configuration(
     match storage_type {
         StorageType::Local => {
             let path = required_str(config, "path")?;
-            if !std::path::Path::new(path).is_absolute() {
+            let parsed = std::path::Path::new(path);
+            if !parsed.is_absolute() {
                 return Err(invalid("configuration.path must be an absolute path"));
             }
+            // One folder has one spelling, so two locations cannot index it twice over.
+            if parsed.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(invalid("configuration.path must not contain .. components"));
+            }
+            // The gateway may not see the workers' disks (containers), so whether the folder
+            // exists is checked by the scan, which reports it in the scan run's error.
             Ok((serde_json::json!({ "path": path }), serde_json::json!({})))
         }
         StorageType::Velour => {
@@ -204,9 +231,18 @@ fn validate_configuration(
             }
             // TODO(#5): refuse http:// when FEDERATION_REQUIRE_HTTPS is set.
             let api_key = required_str(config, "api_key")?;
+            // It travels in an Authorization header: visible ASCII only.
+            if !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(invalid(
+                    "configuration.api_key must be printable ASCII without spaces",
+                ));
+            }
             let instance_name = match config.get("instance_name") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(name)) => Some(name.trim().to_owned()),
+                Some(Value::String(name)) if name.trim().is_empty() => None,
+                Some(Value::String(name)) => {
+                    Some(checked_text("configuration.instance_name", name)?.to_owned())
+                }
                 Some(_) => return Err(invalid("configuration.instance_name must be a string")),
             };
             let shown = serde_json::json!({
@@ -215,12 +251,30 @@ fn validate_configuration(
             });
             Ok((shown, serde_json::json!({ "api_key": api_key })))
         }
-        // TODO(#3): S3 locations (bucket, region, endpoint, prefix, credentials).
-        StorageType::S3 => Err(ApiError::bad_request(
-            "storage-type-not-supported",
-            "s3 storage locations are not supported yet",
-        )),
+        StorageType::S3 => {
+            let fields: serde_json::Map<String, Value> = config.clone().into_iter().collect();
+            let settings = S3Settings::from_request(&fields).map_err(|e| invalid(e.to_string()))?;
+            Ok((settings.public_json(), settings.secrets_json()))
+        }
     }
+}
+
+/// A bucket location is reachable when `HeadBucket` succeeds with its credentials: a
+/// location that cannot be scanned is refused now rather than failing every scan later.
+async fn check_bucket(configuration: &Value, secrets: &Value) -> Result<(), ApiError> {
+    let settings =
+        S3Settings::from_stored(configuration, secrets).map_err(|e| invalid(e.to_string()))?;
+    let Err(err) = velour_storage::s3::head_bucket(&settings.client(), &settings).await else {
+        return Ok(());
+    };
+    tracing::warn!(bucket = %settings.bucket, error = %err, "bucket check failed");
+    let message = match err {
+        S3Error::NotFound(_) => "the bucket does not exist",
+        S3Error::AccessDenied(_) => "the store refused these credentials for the bucket",
+        S3Error::Unreachable(_) => "the store cannot be reached at this endpoint",
+        S3Error::InvalidRange | S3Error::Failed(_) => "the store failed to answer for the bucket",
+    };
+    Err(ApiError::bad_request("storage-unreachable", message))
 }
 
 pub struct AdminApi;
@@ -231,15 +285,11 @@ impl AdminApi {
     #[oai(path = "/api_keys", method = "post", operation_id = "create_api_key")]
     async fn create_api_key(
         &self,
-        auth: ApiKeyAuth,
+        _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
         body: Json<NewApiKey>,
     ) -> Result<CreateKeyResponse, ApiError> {
-        auth.require_admin()?;
-        let name = body.0.name.trim();
-        if name.is_empty() {
-            return Err(ApiError::bad_request("invalid-name", "name must not be blank"));
-        }
+        let name = checked_text("name", &body.0.name)?;
         let p = body.0.permissions;
         let permissions = Permissions {
             can_read: p.can_read,
@@ -265,23 +315,22 @@ impl AdminApi {
         })))
     }
 
-    /// Adds a folder or a peer to the catalog's sources.
+    /// Adds a folder, a bucket or a peer to the catalog's sources.
     #[oai(path = "/storage_locations", method = "post", operation_id = "create_storage_location")]
     async fn create_location(
         &self,
-        auth: ApiKeyAuth,
+        _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
         body: Json<NewStorageLocation>,
     ) -> Result<CreateLocationResponse, ApiError> {
-        auth.require_admin()?;
         let storage_type: StorageType = body.0.storage_type.parse().map_err(|e| {
             ApiError::bad_request("invalid-storage-type", format!("storage_type: {e}"))
         })?;
-        let name = body.0.name.trim();
-        if name.is_empty() {
-            return Err(ApiError::bad_request("invalid-name", "name must not be blank"));
-        }
+        let name = checked_text("name", &body.0.name)?;
         let (configuration, secrets) = validate_configuration(storage_type, &body.0.configuration)?;
+        if storage_type == StorageType::S3 {
+            check_bucket(&configuration, &secrets).await?;
+        }
         let new = NewLocation { name, storage_type, configuration, secrets };
         let row = velour_db::locations::create_location(&state.pool, new)
             .await
@@ -294,10 +343,9 @@ impl AdminApi {
     #[oai(path = "/storage_locations", method = "get", operation_id = "list_storage_locations")]
     async fn list_locations(
         &self,
-        auth: ApiKeyAuth,
+        _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
     ) -> Result<Json<Vec<StorageLocation>>, ApiError> {
-        auth.require_admin()?;
         let rows = velour_db::locations::list_locations(&state.pool)
             .await
             .map_err(|e| ApiError::from_db(e, "storage locations"))?;
@@ -308,11 +356,10 @@ impl AdminApi {
     #[oai(path = "/storage_locations/:id", method = "get", operation_id = "get_storage_location")]
     async fn get_location(
         &self,
-        auth: ApiKeyAuth,
+        _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
         id: Path<i64>,
     ) -> Result<Json<StorageLocation>, ApiError> {
-        auth.require_admin()?;
         let row = velour_db::locations::get_location(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
@@ -324,11 +371,10 @@ impl AdminApi {
     #[oai(path = "/storage_locations/:id/scans", method = "post", operation_id = "start_scan")]
     async fn start_scan(
         &self,
-        auth: ApiKeyAuth,
+        _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
         id: Path<i64>,
     ) -> Result<ScanAccepted, ApiError> {
-        auth.require_admin()?;
         velour_db::locations::get_location(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
@@ -346,11 +392,10 @@ impl AdminApi {
     #[oai(path = "/scan_runs/:id", method = "get", operation_id = "get_scan_run")]
     async fn get_scan_run(
         &self,
-        auth: ApiKeyAuth,
+        _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
         id: Path<i64>,
     ) -> Result<Json<ScanRun>, ApiError> {
-        auth.require_admin()?;
         let run = velour_db::scans::get_scan_run(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "scan run"))?;

@@ -13,6 +13,17 @@ use velour_db::keys::AuthenticatedKey;
 #[oai(ty = "bearer", key_name = "Authorization", checker = "check_key")]
 pub struct ApiKeyAuth(pub AuthenticatedKey);
 
+/// An API key whose user is an administrator, as `Authorization: Bearer KEY`. Checked
+/// before the request body is read, so keys without the right cannot make us read one.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", key_name = "Authorization", checker = "check_admin_key")]
+pub struct AdminKeyAuth(pub AuthenticatedKey);
+
+async fn check_admin_key(req: &Request, bearer: Bearer) -> poem::Result<AuthenticatedKey> {
+    let key = check_key(req, bearer).await?;
+    if key.is_admin { Ok(key) } else { Err(ApiError::forbidden("admin").into()) }
+}
+
 async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<AuthenticatedKey> {
     let state = req.data::<GatewayState>().ok_or_else(|| {
         poem::Error::from(ApiError::internal(&"gateway state missing from the request"))
@@ -31,9 +42,5 @@ impl ApiKeyAuth {
 
     pub fn require_stream(&self) -> Result<&AuthenticatedKey, ApiError> {
         if self.0.can_stream { Ok(&self.0) } else { Err(ApiError::forbidden("can_stream")) }
-    }
-
-    pub fn require_admin(&self) -> Result<&AuthenticatedKey, ApiError> {
-        if self.0.is_admin { Ok(&self.0) } else { Err(ApiError::forbidden("admin")) }
     }
 }

@@ -174,6 +174,9 @@ impl CatalogApi {
         if query.is_empty() {
             return Err(ApiError::bad_request("empty-query", "query must not be empty"));
         }
+        if query.contains('\0') {
+            return Err(ApiError::bad_request("invalid-query", "query must not contain NUL"));
+        }
         let (rows, total) = velour_db::catalog::search_videos(&state.pool, query, page)
             .await
             .map_err(|e| ApiError::from_db(e, "videos"))?;

@@ -37,9 +37,12 @@ pub enum ApiError {
     /// The request conflicts with what exists (a duplicate name).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is larger than this API accepts.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// No part of the requested range lies within the video.
     #[oai(status = 416)]
-    RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] String),
+    RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] Option<String>),
     /// Something failed on our side; the cause is in our logs.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -105,7 +108,7 @@ impl ApiError {
             403 => Self::Forbidden(json),
             404 => Self::NotFound(json),
             409 => Self::Conflict(json),
-            416 => Self::RangeNotSatisfiable(json, content_range.unwrap_or_default()),
+            416 => Self::RangeNotSatisfiable(json, content_range),
             503 => Self::Unavailable(json),
             504 => Self::GatewayTimeout(json),
             500 => Self::Internal(json),
@@ -127,6 +130,29 @@ impl ApiError {
     }
 }
 
+/// The stable code and a message for a bare status, when no richer error is at hand (a
+/// HEAD answer carries no body to relay; a framework error carries only its status).
+pub fn status_error(status: StatusCode) -> ErrorBody {
+    let (code, message) = match status.as_u16() {
+        400 => ("bad-request", "the request is malformed"),
+        401 => ("unauthorized", "a valid API key is required (Authorization: Bearer KEY)"),
+        403 => ("forbidden", "this API key may not do this"),
+        404 => ("not-found", "not found"),
+        405 => ("method-not-allowed", "this method is not allowed here"),
+        411 => ("length-required", "the request body needs a Content-Length"),
+        413 => ("payload-too-large", "the request body is too large"),
+        415 => ("unsupported-media-type", "the request body must be JSON (application/json)"),
+        416 => ("range-not-satisfiable", "no part of the requested range is in the video"),
+        431 => ("headers-too-large", "the request headers are too large"),
+        502 => ("bad-gateway", "a service behind the gateway failed"),
+        503 => ("unavailable", "a service behind the gateway is unavailable; try again"),
+        504 => ("gateway-timeout", "a service behind the gateway did not answer in time"),
+        s if (400..500).contains(&s) => ("bad-request", "the request was refused"),
+        _ => ("internal", "an internal error occurred; it has been logged"),
+    };
+    ErrorBody { code: code.to_owned(), error: message.to_owned() }
+}
+
 /// Turns every error that escapes an operation (unknown route, wrong method, a parameter
 /// that did not parse, a missing key) into the same JSON shape with a stable code.
 pub async fn render_any_error(err: poem::Error) -> Response {
@@ -135,16 +161,12 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     }
     let status = err.status();
     let error = match status {
+        // poem-openapi's parse errors say which parameter or field was wrong and why.
         StatusCode::BAD_REQUEST => ApiError::bad_request("bad-request", err.to_string()),
         StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
         StatusCode::NOT_FOUND => ApiError::not_found("route"),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let json = body("method-not-allowed", "this method is not allowed here");
-            return (status, poem::web::Json(json.0)).into_response();
-        }
         s if s.is_client_error() => {
-            let json = body("bad-request", err.to_string());
-            return (status, poem::web::Json(json.0)).into_response();
+            return (s, poem::web::Json(status_error(s))).into_response();
         }
         _ => ApiError::internal(&err),
     };

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod limits;
+pub mod playback;
 pub mod stream;
 
 use crate::error::ApiError;
@@ -15,7 +17,10 @@ use poem_openapi::OpenApiService;
 use std::future::Future;
 use std::time::Duration;
 use url::Url;
-use velour_core::settings::{DatabaseSettings, GatewaySettings, RedisSettings, StreamAddrSettings};
+use velour_core::settings::{
+    DatabaseSettings, GatewaySettings, RedisSettings, SigningSettings, StreamAddrSettings,
+};
+use velour_core::signing::UrlSigner;
 use velour_db::scans::ScanRunRow;
 use velour_jobs::{ScanLocation, ScanStorage};
 
@@ -31,6 +36,10 @@ pub struct GatewayState {
     /// The stream service's base URL, ending with `/`.
     pub stream_base_url: Url,
     pub instance_name: String,
+    /// Signs stream URLs for browsers; without it, asking for one answers 503.
+    pub url_signer: Option<UrlSigner>,
+    /// How long a signed stream URL stays valid.
+    pub signed_url_ttl: Duration,
 }
 
 impl GatewayState {
@@ -54,7 +63,16 @@ impl GatewayState {
             stream_http,
             stream_base_url,
             instance_name,
+            url_signer: None,
+            signed_url_ttl: SigningSettings::default().signed_url_ttl(),
         })
+    }
+
+    /// Hands out signed stream URLs made with `signer`, valid for `ttl`.
+    pub fn with_url_signing(mut self, signer: UrlSigner, ttl: Duration) -> Self {
+        self.url_signer = Some(signer);
+        self.signed_url_ttl = ttl;
+        self
     }
 
     /// Pushes the job for a scan run just created. If Redis will not take it, the run is
@@ -81,11 +99,14 @@ impl GatewayState {
     }
 }
 
+/// Every part of the documented API.
+pub type ApiParts =
+    (catalog::CatalogApi, stream::StreamApi, playback::PlaybackApi, admin::AdminApi);
+
 /// The documented API, without state: used to serve and to write the committed copy.
-pub fn api_service() -> OpenApiService<(catalog::CatalogApi, stream::StreamApi, admin::AdminApi), ()>
-{
+pub fn api_service() -> OpenApiService<ApiParts, ()> {
     OpenApiService::new(
-        (catalog::CatalogApi, stream::StreamApi, admin::AdminApi),
+        (catalog::CatalogApi, stream::StreamApi, playback::PlaybackApi, admin::AdminApi),
         "Velour",
         velour_core::VERSION,
     )
@@ -116,6 +137,7 @@ pub fn app(state: GatewayState) -> impl poem::Endpoint {
         .nest("/docs", docs)
         .at("/healthz", get(healthz))
         .data(state)
+        .around(limits::limit_body)
         .catch_all_error(error::render_any_error)
         .with(Tracing)
 }
@@ -139,11 +161,17 @@ pub async fn run(
     redis: &RedisSettings,
     gateway: &GatewaySettings,
     stream: &StreamAddrSettings,
+    signing: &SigningSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool = velour_db::connect_and_migrate(db).await?;
     let stream_url = gateway.stream_base_url(stream)?;
-    let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone()).await?;
+    let signer = velour_db::secrets::url_signer(&pool, signing).await.map_err(|e| {
+        anyhow::anyhow!("VELOUR_URL_SIGNING_SECRET: could not load the URL signing secret: {e}")
+    })?;
+    let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
+        .await?
+        .with_url_signing(signer, signing.signed_url_ttl());
     let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
     })?;

@@ -1,7 +1,9 @@
 //! `velour-gateway`: the API gateway on its own.
 
 use clap::Parser;
-use velour_core::settings::{DatabaseSettings, GatewaySettings, RedisSettings, StreamAddrSettings};
+use velour_core::settings::{
+    DatabaseSettings, GatewaySettings, RedisSettings, SigningSettings, StreamAddrSettings,
+};
 
 /// Velour's API gateway.
 #[derive(Parser)]
@@ -15,6 +17,8 @@ struct Cli {
     gateway: GatewaySettings,
     #[command(flatten)]
     stream: StreamAddrSettings,
+    #[command(flatten)]
+    signing: SigningSettings,
 }
 
 #[tokio::main]
@@ -29,5 +33,6 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    velour_gateway::run(&cli.db, &cli.redis, &cli.gateway, &cli.stream, shutdown).await
+    velour_gateway::run(&cli.db, &cli.redis, &cli.gateway, &cli.stream, &cli.signing, shutdown)
+        .await
 }

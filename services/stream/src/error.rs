@@ -21,6 +21,10 @@ struct ErrorBody {
 pub(crate) enum StreamError {
     /// No key, or one that is unknown or inactive.
     Unauthorized,
+    /// A signed URL whose signature does not match (or cannot be read).
+    SignatureInvalid,
+    /// A signed URL past its expiry.
+    SignatureExpired,
     /// The key may not stream.
     Forbidden,
     /// No such video (or no such route).
@@ -35,7 +39,6 @@ pub(crate) enum StreamError {
     },
     /// The location is misconfigured or its disk is unavailable.
     StorageUnavailable,
-    StorageNotSupported,
     /// The peer refused our key.
     PeerRefused,
     PeerUnreachable,
@@ -48,13 +51,14 @@ pub(crate) enum StreamError {
 impl StreamError {
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::SignatureInvalid | Self::SignatureExpired => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound | Self::FileMissing => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::StorageNotSupported => StatusCode::NOT_IMPLEMENTED,
             Self::PeerRefused | Self::PeerUnreachable | Self::PeerError => StatusCode::BAD_GATEWAY,
             Self::PeerTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,13 +69,14 @@ impl StreamError {
     pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
+            Self::SignatureInvalid => "invalid-signature",
+            Self::SignatureExpired => "signature-expired",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::FileMissing => "video-file-missing",
             Self::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             Self::StorageUnavailable => "storage-unavailable",
-            Self::StorageNotSupported => "storage-not-supported",
             Self::PeerRefused => "peer-refused",
             Self::PeerUnreachable => "peer-unreachable",
             Self::PeerTimeout => "peer-timeout",
@@ -83,6 +88,8 @@ impl StreamError {
     fn message(self) -> &'static str {
         match self {
             Self::Unauthorized => "a valid API key is required (Authorization: Bearer KEY)",
+            Self::SignatureInvalid => "the signed URL is not valid; ask for a new one",
+            Self::SignatureExpired => "the signed URL has expired; ask for a new one",
             Self::Forbidden => "this API key does not have the stream permission",
             Self::NotFound => "video not found",
             Self::MethodNotAllowed => "only GET and HEAD are allowed here",
@@ -91,7 +98,6 @@ impl StreamError {
             Self::StorageUnavailable => {
                 "the storage holding this video is unavailable; an administrator must check it"
             }
-            Self::StorageNotSupported => "streaming from this kind of storage is not supported yet",
             Self::PeerRefused => "the instance holding this video refused our key",
             Self::PeerUnreachable => "the instance holding this video cannot be reached",
             Self::PeerTimeout => "the instance holding this video did not answer in time",
@@ -108,7 +114,7 @@ impl IntoResponse for StreamError {
         response.set_status(self.status());
         let headers = response.headers_mut();
         match self {
-            Self::Unauthorized => {
+            Self::Unauthorized | Self::SignatureInvalid | Self::SignatureExpired => {
                 headers
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE));
             }

@@ -10,6 +10,7 @@ mod error;
 mod local;
 mod metered;
 mod peer;
+mod s3;
 #[cfg(test)]
 mod tests;
 
@@ -25,9 +26,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::instrument;
 use velour_core::StorageType;
-use velour_core::settings::{DatabaseSettings, PeerSettings, StreamAddrSettings, redact_url};
+use velour_core::settings::{
+    DatabaseSettings, PeerSettings, SigningSettings, StreamAddrSettings, redact_url,
+};
+use velour_core::signing::UrlSigner;
 use velour_db::DbError;
-use velour_storage::ByteRange;
+use velour_storage::RangeSet;
 
 /// How long a shutdown waits for open streams. A film can take hours to watch, so open
 /// streams are cut after this; players resume with a range request.
@@ -43,6 +47,8 @@ pub struct StreamCli {
     pub addr: StreamAddrSettings,
     #[command(flatten)]
     pub peer: PeerSettings,
+    #[command(flatten)]
+    pub signing: SigningSettings,
 }
 
 /// What every request needs: the catalog and one HTTP client shared by all peers.
@@ -51,12 +57,20 @@ pub struct StreamState {
     pool: PgPool,
     http: reqwest::Client,
     peer: PeerSettings,
+    /// Checks signed stream URLs; without it only `Authorization` is accepted.
+    signer: Option<UrlSigner>,
 }
 
 impl StreamState {
     pub fn new(pool: PgPool, peer: PeerSettings) -> anyhow::Result<Self> {
         let http = velour_peer::http_client(&peer).context("could not build the peer client")?;
-        Ok(Self { pool, http, peer })
+        Ok(Self { pool, http, peer, signer: None })
+    }
+
+    /// Accepts signed stream URLs checked with `signer`.
+    pub fn with_signer(mut self, signer: UrlSigner) -> Self {
+        self.signer = Some(signer);
+        self
     }
 }
 
@@ -93,12 +107,16 @@ pub async fn run(
     db: &DatabaseSettings,
     addr: &StreamAddrSettings,
     peer: &PeerSettings,
+    signing: &SigningSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool = velour_db::connect_and_migrate(db).await.with_context(|| {
         format!("could not open the catalog at {} (DATABASE_URL)", redact_url(&db.database_url))
     })?;
-    let state = StreamState::new(pool, peer.clone())?;
+    let signer = velour_db::secrets::url_signer(&pool, signing)
+        .await
+        .context("could not load the URL signing secret (VELOUR_URL_SIGNING_SECRET)")?;
+    let state = StreamState::new(pool, peer.clone())?.with_signer(signer);
     let listener = TcpListener::bind(addr.stream_addr).await.with_context(|| {
         format!("could not listen on {} (VELOUR_STREAM_ADDR)", addr.stream_addr)
     })?;
@@ -125,7 +143,7 @@ async fn find_and_stream(
     id: i64,
     req: &Request,
 ) -> Result<Response, StreamError> {
-    let key = auth::require_stream(&state.pool, req.headers()).await?;
+    let key = auth::authorize(state, id, req).await?;
     tracing::Span::current().record("api_key.id", key.id);
 
     let video =
@@ -138,8 +156,7 @@ async fn find_and_stream(
     match location.location.kind() {
         Some(StorageType::Local) => local::serve(&video, &location, req).await,
         Some(StorageType::Velour) => peer::serve(state, &video, &location, req).await,
-        // TODO(#3): S3 streaming (ranged GetObject); until then S3 videos cannot be played.
-        Some(StorageType::S3) => Err(StreamError::StorageNotSupported),
+        Some(StorageType::S3) => s3::serve(&video, &location, req).await,
         None => {
             tracing::error!(
                 location.id = location.location.id,
@@ -170,8 +187,8 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> 
     }
 }
 
-/// The request's single byte range; `None` when there is none or it is to be ignored
-/// (RFC 9110 §14.2). Several `Range` lines are several ranges, ignored like a list.
-fn requested_range(headers: &HeaderMap) -> Option<ByteRange> {
-    header_str(headers, &header::RANGE).and_then(ByteRange::parse)
+/// The request's ranges; `None` when there are none or they are to be ignored (RFC 9110
+/// §14.2). Several `Range` lines are ignored too: the field is not a list (§14.2).
+fn requested_ranges(headers: &HeaderMap) -> Option<RangeSet> {
+    header_str(headers, &header::RANGE).and_then(RangeSet::parse)
 }

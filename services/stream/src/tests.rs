@@ -288,7 +288,7 @@ async fn an_unsatisfiable_range_is_416_with_the_size() {
 async fn ignored_ranges_send_the_whole_file() {
     with_library(|lib| async move {
         let cli = lib.client();
-        for range in ["bytes=0-1,5-9", "items=0-1", "bytes=5-1", "bytes=abc"] {
+        for range in ["bytes=0-1,x", "items=0-1", "bytes=5-1", "bytes=abc"] {
             let response =
                 request(&cli, Method::GET, lib.video_id, &lib.stream_key, &[("Range", range)])
                     .await;
@@ -423,16 +423,13 @@ async fn a_current_etag_is_answered_304_and_a_stale_if_range_gets_the_whole_file
 async fn unusable_storage_is_answered_without_internal_detail() {
     with_library(|lib| async move {
         let cli = lib.client();
+        // A bucket without credentials cannot be read.
         let s3 = lib.add_location(StorageType::S3, json!({ "bucket": "b" }), json!({})).await;
-        let s3_video = lib.add_video(s3, "a.mp4", json!({})).await;
-        let response = request(&cli, Method::GET, s3_video, &lib.stream_key, &[]).await;
-        assert_error(response, StatusCode::NOT_IMPLEMENTED, "storage-not-supported").await;
-
         let gone = lib.dir.join("unmounted").to_str().unwrap().to_owned();
         let unmounted =
             lib.add_location(StorageType::Local, json!({ "path": gone }), json!({})).await;
         let no_path = lib.add_location(StorageType::Local, json!({}), json!({})).await;
-        for location in [unmounted, no_path] {
+        for location in [s3, unmounted, no_path] {
             let video = lib.add_video(location, "a.mp4", json!({})).await;
             let response = request(&cli, Method::GET, video, &lib.stream_key, &[]).await;
             assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable").await;

@@ -9,8 +9,8 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 use velour_core::Permissions;
 use velour_core::settings::{
-    DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, StreamAddrSettings,
-    WorkerSettings,
+    DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, SigningSettings,
+    StreamAddrSettings, WorkerSettings,
 };
 use velour_db::keys::KeyOwner;
 
@@ -34,6 +34,8 @@ enum Command {
         gateway: GatewaySettings,
         #[command(flatten)]
         stream: StreamAddrSettings,
+        #[command(flatten)]
+        signing: SigningSettings,
     },
     /// Run a worker that takes scan jobs from Redis.
     Worker {
@@ -54,6 +56,8 @@ enum Command {
         stream: StreamAddrSettings,
         #[command(flatten)]
         peer: PeerSettings,
+        #[command(flatten)]
+        signing: SigningSettings,
     },
     /// Run the gateway, a worker and the stream service in one process.
     Up(Box<UpArgs>),
@@ -83,6 +87,8 @@ struct UpArgs {
     worker: WorkerSettings,
     #[command(flatten)]
     peer: PeerSettings,
+    #[command(flatten)]
+    signing: SigningSettings,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     // Logs go to standard error, so that `key create` prints nothing but the key.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -132,19 +139,22 @@ async fn main() -> anyhow::Result<()> {
     });
 
     match cli.command {
-        Command::Gateway { db, redis, gateway, stream } => {
-            velour_gateway::run(&db, &redis, &gateway, &stream, stop.cancelled_owned()).await
+        Command::Gateway { db, redis, gateway, stream, signing } => {
+            let stop = stop.cancelled_owned();
+            velour_gateway::run(&db, &redis, &gateway, &stream, &signing, stop).await
         }
         Command::Worker { db, redis, worker, peer } => {
             velour_worker::run_from_settings(&db, &redis, &worker, &peer, stop.cancelled_owned())
                 .await
         }
-        Command::Stream { db, stream, peer } => {
-            velour_stream::run(&db, &stream, &peer, stop.cancelled_owned()).await
+        Command::Stream { db, stream, peer, signing } => {
+            velour_stream::run(&db, &stream, &peer, &signing, stop.cancelled_owned()).await
         }
         Command::Up(args) => up(*args, stop).await,
         Command::Migrate { db } => {
-            velour_db::connect_and_migrate(&db).await.context("DATABASE_URL: migration failed")?;
+            velour_db::connect_and_migrate(&db)
+                .await
+                .context("DATABASE_URL: could not open and migrate the catalog")?;
             tracing::info!("migrations applied");
             Ok(())
         }
@@ -160,17 +170,25 @@ async fn main() -> anyhow::Result<()> {
 /// All three services in one process; when one stops, the others are told to stop too.
 async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
     // Migrate once, before the services race to do it.
-    velour_db::connect_and_migrate(&args.db).await.context("DATABASE_URL: migration failed")?;
+    velour_db::connect_and_migrate(&args.db)
+        .await
+        .context("DATABASE_URL: could not open and migrate the catalog")?;
 
     let gateway = velour_gateway::run(
         &args.db,
         &args.redis,
         &args.gateway,
         &args.stream,
+        &args.signing,
         stop.clone().cancelled_owned(),
     );
-    let stream =
-        velour_stream::run(&args.db, &args.stream, &args.peer, stop.clone().cancelled_owned());
+    let stream = velour_stream::run(
+        &args.db,
+        &args.stream,
+        &args.peer,
+        &args.signing,
+        stop.clone().cancelled_owned(),
+    );
     let worker = velour_worker::run_from_settings(
         &args.db,
         &args.redis,
@@ -208,6 +226,8 @@ async fn create_key(
 ) -> anyhow::Result<()> {
     let name = name.trim();
     anyhow::ensure!(!name.is_empty(), "--name must not be blank");
+    anyhow::ensure!(name.chars().count() <= 200, "--name must be at most 200 characters");
+    anyhow::ensure!(!name.chars().any(char::is_control), "--name must not hold control characters");
     let pool = velour_db::connect_and_migrate(db).await.context("DATABASE_URL")?;
     let owner = if admin { KeyOwner::Admin } else { KeyOwner::Member };
     let (row, key) = velour_db::keys::create_api_key(&pool, owner, name, permissions).await?;

@@ -254,6 +254,8 @@ enum PeerMode {
     /// Every page says there is one more.
     Endless,
     RefusesKey,
+    EmptyFirstPage,
+    ClaimsHugeListing,
 }
 
 /// A peer speaking just enough HTTP/1.1 for the client: one request per connection.
@@ -322,6 +324,8 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
             (PeerMode::SecondPageFails, 2) => ("500 Internal Server Error", "{}".to_owned()),
             (PeerMode::Endless, n) => ok(works_page(n, n + 1, vec![amelie()])),
             (PeerMode::FirstPageOnly, 1) => ok(works_page(1, 1, vec![amelie()])),
+            (PeerMode::EmptyFirstPage, n) => ok(works_page(n, 5, vec![])),
+            (PeerMode::ClaimsHugeListing, n) => ok(works_page(n, 1_000_000_000, vec![amelie()])),
             (_, 1) => ok(works_page(1, 2, vec![amelie()])),
             (_, 2) => ok(works_page(2, 2, vec![big_buck_bunny()])),
             (_, n) => ok(works_page(n, 2, vec![])),
@@ -445,6 +449,24 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
              were read"
         );
 
+        // An empty page where the peer promised more is no complete listing: the run fails
+        // and nothing is removed.
+        peer.set(PeerMode::EmptyFirstPage);
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::PeerListing(_)))));
+        let run = get_scan_run(&pool, run_id).await.unwrap();
+        assert_eq!(run.videos_removed, 0);
+        assert!(run.error.unwrap_or_default().contains("page 1 was empty"));
+        let (_, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        assert_eq!(total, 1);
+
+        // A peer claiming a billion pages is not believed, and not read.
+        peer.set(PeerMode::ClaimsHugeListing);
+        let (run_id, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::PeerListing(_)))));
+        let run = get_scan_run(&pool, run_id).await.unwrap();
+        assert!(run.error.unwrap_or_default().contains("1000000000 pages"));
+
         // A refused key fails the run with the peer's answer.
         peer.set(PeerMode::RefusesKey);
         let (run_id, outcome) = scan(&state, location).await;
@@ -546,6 +568,223 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
         assert_eq!(scheduled, 0, "no retry is scheduled");
         assert!(matches!(outcome, Ok(Ok(Ok(())))), "the worker stops cleanly: {outcome:?}");
         assert_eq!(get_scan_run(&pool, folder_run).await.unwrap().videos_added, 1);
+    })
+    .await;
+}
+
+/// A shell script standing in for ffprobe, for the scans that test what ffprobe does badly.
+fn fake_ffprobe(dir: &Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-ffprobe");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn ffmpeg(args: &[&str]) {
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .expect("ffmpeg must be installed for the worker's scan tests");
+    assert!(status.success(), "ffmpeg {args:?} failed");
+}
+
+#[tokio::test]
+async fn an_odd_library_is_indexed_or_skipped_file_by_file() {
+    use std::os::unix::ffi::OsStrExt;
+    with_database(|pool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let long = format!("{}.mp4", "Long ".repeat(48));
+        let indexed = [
+            "Ame\u{301}lie (2001).mp4",
+            "Caf\u{e9} Society (2016).mp4",
+            "-rf --help.mp4",
+            long.as_str(),
+            "half a second.mp4",
+            "big sparse.mp4",
+        ];
+        for name in &indexed[..4] {
+            make_video(&root.join(name), 1);
+        }
+        let half = root.join("half a second.mp4");
+        let half = half.to_str().unwrap();
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc=duration=0.5:size=160x120:rate=10", half]);
+        // Over 4 GiB, nearly all a hole: a real video (its index first) and then zeros.
+        let big = root.join("big sparse.mp4");
+        let src = "testsrc=duration=1:size=160x120:rate=10";
+        let big_name = big.to_str().unwrap();
+        ffmpeg(&["-f", "lavfi", "-i", src, "-movflags", "+faststart", big_name]);
+        let big_size: u64 = 5 * 1024 * 1024 * 1024 + 7;
+        std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(big_size).unwrap();
+
+        let invalid = std::ffi::OsStr::from_bytes(b"caf\xe9 latin-1.mp4");
+        std::fs::write(root.join(invalid), b"x").unwrap();
+        std::fs::write(outside.path().join("secret.mp4"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.mp4"), root.join("out.mp4"))
+            .unwrap();
+        std::os::unix::fs::symlink(root.join("loop.mp4"), root.join("loop.mp4")).unwrap();
+        std::os::unix::fs::symlink(root, root.join("again")).unwrap();
+        let fifo = root.join("fifo.mp4");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        std::fs::write(root.join("empty.mp4"), b"").unwrap();
+        let noise = (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8);
+        std::fs::write(root.join("random.mp4"), noise.collect::<Vec<u8>>()).unwrap();
+        let whole = outside.path().join("whole.mp4");
+        make_video(&whole, 2);
+        let bytes = std::fs::read(&whole).unwrap();
+        std::fs::write(root.join("truncated.mp4"), &bytes[..bytes.len() / 2]).unwrap();
+        let audio = root.join("audio only.mp4");
+        ffmpeg(&["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", audio.to_str().unwrap()]);
+
+        let state = state(&pool);
+        let location =
+            add_location(&pool, "Odd", StorageType::Local, json!({ "path": root })).await;
+        let started = std::time::Instant::now();
+        let (run_id, counts) = scan(&state, location).await;
+        let first_scan = started.elapsed();
+        let counts = counts.unwrap();
+        assert_eq!(counts.videos_added, 6, "{counts:?}");
+
+        let mut keys: Vec<String> =
+            sqlx::query_scalar("SELECT source_key FROM videos").fetch_all(&pool).await.unwrap();
+        keys.sort();
+        let mut expected: Vec<String> = indexed.iter().map(|k| (*k).to_owned()).collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+        let size: i64 = sqlx::query_scalar("SELECT file_size FROM videos WHERE source_key = $1")
+            .bind("big sparse.mp4")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(size as u64, big_size);
+
+        let skips = list_scan_skips(&pool, run_id, 100).await.unwrap();
+        let reason = |path: &str| {
+            let found = skips.iter().find(|s| s.path == path);
+            found.map(|s| s.reason.clone()).unwrap_or_else(|| panic!("{path}: {skips:?}"))
+        };
+        assert_eq!(reason("caf\u{fffd} latin-1.mp4"), "the name is not valid UTF-8");
+        assert_eq!(reason("out.mp4"), "symbolic links are not followed");
+        assert_eq!(reason("loop.mp4"), "symbolic links are not followed");
+        assert_eq!(reason("fifo.mp4"), "not a regular file");
+        assert_eq!(reason("empty.mp4"), "the file is empty");
+        assert!(reason("random.mp4").starts_with("ffprobe could not read the file"));
+        assert!(reason("truncated.mp4").starts_with("ffprobe could not read the file"));
+        assert_eq!(reason("audio only.mp4"), "the file has no video stream");
+        assert_eq!(skips.len(), 8, "{skips:?}");
+
+        // Titles meet whatever the normal form: stored NFC, found by either form.
+        let page = PageRequest::new(None, None).unwrap();
+        for query in ["Am\u{e9}lie", "Ame\u{301}lie", "cafe\u{301} society"] {
+            let (found, total) =
+                velour_db::catalog::search_videos(&pool, query, page).await.unwrap();
+            assert_eq!(total, 1, "{query}: {found:?}");
+        }
+
+        // The rescan runs ffprobe only on the three files it could not read before.
+        let probes = state.probes.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let (_, counts) = scan(&state, location).await;
+        let rescan = started.elapsed();
+        assert_eq!(counts.unwrap(), only_seen(6, 6));
+        assert_eq!(state.probes.load(Ordering::Relaxed) - probes, 3);
+        println!("odd library: first scan {first_scan:?}, unchanged rescan {rescan:?}");
+        assert!(rescan < first_scan, "{rescan:?} vs {first_scan:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_still_being_copied_is_left_for_a_later_scan() {
+    with_database(|pool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        make_video(&root.join("Arriving (2020).mp4"), 1);
+        // An ffprobe that sees the file grow while it reads, as during a copy.
+        let growing = r#"for input; do :; done; printf x >> "${input#file:}"; exec ffprobe "$@""#;
+        let worker = WorkerSettings {
+            ffprobe: fake_ffprobe(tools.path(), growing),
+            ..WorkerSettings::default()
+        };
+        let copying = WorkerState::new(pool.clone(), worker, PeerSettings::default());
+        let location =
+            add_location(&pool, "Copying", StorageType::Local, json!({ "path": root })).await;
+
+        let (run_id, counts) = scan(&copying, location).await;
+        assert_eq!(counts.unwrap(), ScanCounts::default());
+        let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
+        assert_eq!(skips.len(), 1);
+        assert!(skips[0].reason.contains("still being copied"), "{skips:?}");
+
+        // Once the copy is over, the file is indexed with its final size.
+        let (_, counts) = scan(&state(&pool), location).await;
+        assert_eq!(counts.unwrap().videos_added, 1);
+        let size: i64 =
+            sqlx::query_scalar("SELECT file_size FROM videos").fetch_one(&pool).await.unwrap();
+        let on_disk = std::fs::metadata(root.join("Arriving (2020).mp4")).unwrap().len();
+        assert_eq!(size as u64, on_disk);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ffprobe_that_hangs_is_killed_and_the_scan_goes_on() {
+    with_database(|pool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        make_video(&dir.path().join("clip.mp4"), 1);
+        let worker = WorkerSettings {
+            ffprobe: fake_ffprobe(tools.path(), "exec sleep 60"),
+            probe_timeout_secs: 1,
+            ..WorkerSettings::default()
+        };
+        let hanging = WorkerState::new(pool.clone(), worker, PeerSettings::default());
+        let location =
+            add_location(&pool, "Hangs", StorageType::Local, json!({ "path": dir.path() })).await;
+
+        let started = std::time::Instant::now();
+        let (run_id, counts) = scan(&hanging, location).await;
+        assert_eq!(counts.unwrap(), ScanCounts::default());
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
+        assert_eq!(skips[0].reason, "ffprobe did not finish within 1 s");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_moved_file_keeps_its_row_and_its_work_without_a_new_probe() {
+    with_database(|pool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("Old Name (2001)")).unwrap();
+        make_video(&root.join("Old Name (2001)/film.mp4"), 1);
+        let state = state(&pool);
+        let location =
+            add_location(&pool, "Moves", StorageType::Local, json!({ "path": root })).await;
+        scan(&state, location).await.1.unwrap();
+        let before: (i64, i64) =
+            sqlx::query_as("SELECT id, work_id FROM videos").fetch_one(&pool).await.unwrap();
+        let probes = state.probes.load(Ordering::Relaxed);
+
+        std::fs::create_dir(root.join("Sorted")).unwrap();
+        std::fs::rename(root.join("Old Name (2001)/film.mp4"), root.join("Sorted/moved.mp4"))
+            .unwrap();
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap(), ScanCounts { videos_updated: 1, ..only_seen(1, 1) });
+        assert_eq!(state.probes.load(Ordering::Relaxed), probes, "no new ffprobe run");
+        let after: (i64, i64, String) =
+            sqlx::query_as("SELECT id, work_id, source_key FROM videos WHERE removed_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((after.0, after.1), before);
+        assert_eq!(after.2, "Sorted/moved.mp4");
     })
     .await;
 }

@@ -6,6 +6,7 @@
 //! never scan one location at once, and ends with its run recorded as succeeded (with
 //! counts) or failed (with a message people can act on).
 
+mod bucket;
 mod job;
 mod local;
 mod oshash;

@@ -7,6 +7,7 @@ use crate::scan::{ScanContext, ScanFailure, Tally};
 use crate::title::title_for;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -52,10 +53,24 @@ pub(crate) async fn scan_folder(
             tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
         }
     }
+    // Rows whose files are no longer where they were: a new file of the same size and
+    // fingerprint is the same video moved, and keeps its row and its work.
+    let walked: HashSet<&str> = walk.files.iter().map(|f| f.key.as_str()).collect();
+    let mut moved_from: Vec<&KnownVideo> = known
+        .values()
+        .filter(|k| !k.removed && k.oshash.is_some())
+        .filter(|k| {
+            !walked.contains(k.source_key.as_str()) && !walk.unexamined.contains(&k.source_key)
+        })
+        .collect();
     // TODO(#5): probe a few files at once; one at a time, a first scan of a large library
     // takes as long as all its ffprobe runs end to end.
     for file in &walk.files {
-        index_file(scan, file, known.get(&file.key), tally).await?;
+        let known = known.get(&file.key);
+        if known.is_none() && claim_moved(scan, file, &mut moved_from, tally).await? {
+            continue;
+        }
+        index_file(scan, file, known, tally).await?;
     }
 
     // A folder that could not be read entirely may hide files that are still there.
@@ -89,6 +104,34 @@ fn folder_root(location: &LocationWithSecrets) -> Result<PathBuf, ScanFailure> {
     Ok(root)
 }
 
+/// Whether `file`, new at its path, is a known video that moved there; if so its row
+/// follows it, without probing it again.
+async fn claim_moved(
+    scan: &ScanContext<'_>,
+    file: &FoundFile,
+    moved_from: &mut Vec<&KnownVideo>,
+    tally: &mut Tally,
+) -> Result<bool, ScanFailure> {
+    if file.size == 0 || !moved_from.iter().any(|k| k.file_size == file.size) {
+        return Ok(false);
+    }
+    let path = file.path.clone();
+    let Ok(Ok(hash)) = tokio::task::spawn_blocking(move || oshash_file(&path)).await else {
+        return Ok(false);
+    };
+    let Some(position) = moved_from
+        .iter()
+        .position(|k| k.file_size == file.size && k.oshash.as_deref() == Some(hash.as_str()))
+    else {
+        return Ok(false);
+    };
+    let known = moved_from.swap_remove(position);
+    ingest::move_video(scan.pool(), known.id, &file.key, &file.key, file.modified).await?;
+    info!(video.id = known.id, from = known.source_key, to = file.key, "video moved");
+    tally.video(known.id, known.work_id, ingest::VideoChange::Updated);
+    Ok(true)
+}
+
 async fn index_file(
     scan: &ScanContext<'_>,
     file: &FoundFile,
@@ -103,6 +146,12 @@ async fn index_file(
         return Ok(());
     }
 
+    // TODO(#3): files skipped for ffprobe's sake are probed again by every rescan; their
+    // size and date could be remembered with the skip.
+    if file.size == 0 {
+        return keep_or_skip(scan, &file.key, present, "the file is empty", tally).await;
+    }
+
     let worker = &scan.state.worker;
     scan.state.probes.fetch_add(1, Ordering::Relaxed);
     let timeout = Duration::from_secs(worker.probe_timeout_secs);
@@ -112,7 +161,10 @@ async fn index_file(
         Err(ProbeError::Spawn { program, source }) => {
             return Err(ScanFailure::ProbeTool { program, reason: source.to_string() });
         }
-        Err(err) => return keep_or_skip(scan, file, present, &err.to_string(), tally).await,
+        Err(_) if still_changing(file).await => {
+            return keep_or_skip(scan, &file.key, present, STILL_CHANGING, tally).await;
+        }
+        Err(err) => return keep_or_skip(scan, &file.key, present, &err.to_string(), tally).await,
     };
 
     let path = file.path.clone();
@@ -120,12 +172,32 @@ async fn index_file(
         Ok(Ok(hash)) => hash,
         Ok(Err(err)) => {
             let reason = format!("could not read the file: {err}");
-            return keep_or_skip(scan, file, present, &reason, tally).await;
+            return keep_or_skip(scan, &file.key, present, &reason, tally).await;
         }
         Err(err) => return Err(ScanFailure::Internal(format!("hashing stopped: {err}"))),
     };
 
+    // A file still being copied in would be recorded with a partial size, duration and
+    // fingerprint: it is left for a later scan, once its size and date hold still.
+    if still_changing(file).await {
+        return keep_or_skip(scan, &file.key, present, STILL_CHANGING, tally).await;
+    }
     save_file(scan, file, &facts, &oshash, tally).await
+}
+
+const STILL_CHANGING: &str =
+    "the file changed while it was read (still being copied?); a later scan will index it";
+
+/// Whether the file's size or modification time moved since the walk saw it.
+async fn still_changing(file: &FoundFile) -> bool {
+    match tokio::fs::metadata(&file.path).await {
+        Ok(meta) => {
+            let size = i64::try_from(meta.len()).unwrap_or(i64::MAX);
+            let modified = meta.modified().ok().map(|t| DateTime::<Utc>::from(t).trunc_subsecs(6));
+            size != file.size || modified != file.modified
+        }
+        Err(_) => true,
+    }
 }
 
 /// Writes a probed file's work and video in one transaction.
@@ -136,28 +208,58 @@ async fn save_file(
     oshash: &str,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
-    let title = title_for(&file.key);
+    let item = IndexedItem {
+        source_key: &file.key,
+        name: &file.key,
+        size: file.size,
+        modified: file.modified,
+        extension: &file.extension,
+        metadata: json!({}),
+    };
+    save_video(scan, &item, facts, oshash, tally).await
+}
+
+/// A probed file or object, as the catalog will hold it.
+pub(crate) struct IndexedItem<'a> {
+    pub source_key: &'a str,
+    /// The path people see, from the location's root: the title is read from it.
+    pub name: &'a str,
+    pub size: i64,
+    pub modified: Option<DateTime<Utc>>,
+    /// Lowercase.
+    pub extension: &'a str,
+    pub metadata: serde_json::Value,
+}
+
+/// Writes a probed item's work and video in one transaction.
+pub(crate) async fn save_video(
+    scan: &ScanContext<'_>,
+    item: &IndexedItem<'_>,
+    facts: &ProbeFacts,
+    oshash: &str,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    let title = title_for(item.name);
     let fingerprints = json!({ "oshash": oshash });
-    let metadata = json!({});
     let mut tx = scan.pool().begin().await?;
     let work = FoundWork { title: &title.title, year: title.year, ..FoundWork::default() };
     let (work_id, work_change) = ingest::upsert_work(&mut tx, &work).await?;
     let video = FoundVideo {
         work_id,
         storage_location_id: scan.location_id,
-        source_key: &file.key,
-        filename: &file.key,
-        file_size: file.size,
-        modified_at: file.modified,
+        source_key: item.source_key,
+        filename: item.name,
+        file_size: item.size,
+        modified_at: item.modified,
         duration: facts.duration,
         width: facts.width,
         height: facts.height,
         video_codec: facts.video_codec.as_deref(),
         audio_codec: facts.audio_codec.as_deref(),
         container: facts.container.as_deref(),
-        web_compatible: probe::is_web_compatible(facts, &file.extension),
+        web_compatible: probe::is_web_compatible(facts, item.extension),
         fingerprints: &fingerprints,
-        video_metadata: &metadata,
+        video_metadata: &item.metadata,
     };
     let (video_id, video_change) = ingest::upsert_video(&mut tx, &video).await?;
     tx.commit().await?;
@@ -169,9 +271,9 @@ async fn save_file(
 
 /// A file that is there but could not be probed or read: it is recorded as skipped, and a
 /// row it already has is kept as it was rather than marked removed.
-async fn keep_or_skip(
+pub(crate) async fn keep_or_skip(
     scan: &ScanContext<'_>,
-    file: &FoundFile,
+    key: &str,
     present: Option<&KnownVideo>,
     reason: &str,
     tally: &mut Tally,
@@ -180,9 +282,9 @@ async fn keep_or_skip(
         Some(known) => {
             tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
             let reason = format!("{reason}; the facts from an earlier scan are kept");
-            scan.skip(&file.key, &reason).await?;
+            scan.skip(key, &reason).await?;
         }
-        None => scan.skip(&file.key, reason).await?,
+        None => scan.skip(key, reason).await?,
     }
     Ok(())
 }
@@ -259,6 +361,9 @@ pub(crate) fn walk_folder(root: &Path) -> Walk {
             continue;
         }
         if !entry.file_type().is_file() {
+            // A FIFO would block ffprobe until a writer appears; a device is no video.
+            let reason = "not a regular file".to_owned();
+            walk.skips.push(Skip { path: key, reason });
             continue;
         }
         match entry.metadata() {
@@ -283,7 +388,7 @@ fn is_hidden(entry: &DirEntry) -> bool {
     entry.file_name().as_encoded_bytes().starts_with(b".")
 }
 
-fn video_extension(path: &Path) -> Option<String> {
+pub(crate) fn video_extension(path: &Path) -> Option<String> {
     let extension = path.extension()?.to_str()?.to_ascii_lowercase();
     VIDEO_EXTENSIONS.contains(&extension.as_str()).then_some(extension)
 }

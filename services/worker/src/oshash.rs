@@ -13,7 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Bytes read at each end of the file.
-const CHUNK: u64 = 64 * 1024;
+pub(crate) const CHUNK: u64 = 64 * 1024;
 
 /// Hashes a file. Blocking: call it from `spawn_blocking`.
 pub(crate) fn oshash_file(path: &Path) -> io::Result<String> {

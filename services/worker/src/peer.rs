@@ -17,6 +17,10 @@ const PER_PAGE: u32 = 100;
 /// we read it; a peer whose pages never end must not keep a worker busy forever.
 const EXTRA_PAGES: i64 = 100;
 
+/// The most pages one scan reads, whatever the peer claims: ten million works. A peer that
+/// reports more is refused rather than trusted to keep a worker busy for days.
+const MAX_PAGES: i64 = 100_000;
+
 pub(crate) async fn scan_peer(
     scan: &ScanContext<'_>,
     location: &LocationWithSecrets,
@@ -44,10 +48,25 @@ pub(crate) async fn scan_peer(
                 pagination.current_page
             )));
         }
+        if pagination.total_pages > MAX_PAGES {
+            return Err(ScanFailure::PeerListing(format!(
+                "the peer reports {} pages of works, more than the {MAX_PAGES} a scan reads",
+                pagination.total_pages
+            )));
+        }
         let allowed =
             *last_page_allowed.get_or_insert(pagination.total_pages.saturating_add(EXTRA_PAGES));
         debug!(page = page_number, total_pages = pagination.total_pages, "peer page read");
         if page.works.is_empty() {
+            // An empty page before the last one means the listing changed under us or the
+            // peer is inconsistent; either way this is not a complete listing, and removing
+            // what it did not show would be wrong.
+            if i64::from(page_number) < pagination.total_pages {
+                return Err(ScanFailure::PeerListing(format!(
+                    "page {page_number} was empty though the peer reported {} pages",
+                    pagination.total_pages
+                )));
+            }
             break;
         }
 

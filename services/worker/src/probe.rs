@@ -52,7 +52,28 @@ pub(crate) async fn probe_file(
     // The `file:` prefix keeps a name such as `rtmp:clip.mp4` from being read as a URL.
     let mut input = std::ffi::OsString::from("file:");
     input.push(path);
+    run_ffprobe(ffprobe, &input, timeout).await
+}
 
+/// Runs ffprobe on an HTTP(S) URL, such as a presigned URL of an object in a bucket. The
+/// URL is a credential while it lasts: ffprobe's messages show `shown_as` in its place.
+pub(crate) async fn probe_url(
+    ffprobe: &str,
+    url: &str,
+    shown_as: &str,
+    timeout: Duration,
+) -> Result<ProbeFacts, ProbeError> {
+    match run_ffprobe(ffprobe, std::ffi::OsStr::new(url), timeout).await {
+        Err(ProbeError::Failed(message)) => Err(ProbeError::Failed(message.replace(url, shown_as))),
+        other => other,
+    }
+}
+
+async fn run_ffprobe(
+    ffprobe: &str,
+    input: &std::ffi::OsStr,
+    timeout: Duration,
+) -> Result<ProbeFacts, ProbeError> {
     let child = Command::new(ffprobe)
         .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i"])
         .arg(input)

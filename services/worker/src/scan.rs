@@ -1,6 +1,6 @@
 //! One scan of one storage location, from its queued run to its recorded end.
 
-use crate::{WorkerState, local, peer};
+use crate::{WorkerState, bucket, local, peer};
 use futures_util::FutureExt;
 use sqlx::PgPool;
 use sqlx::pool::PoolConnection;
@@ -59,6 +59,8 @@ pub enum ScanFailure {
     FolderUnreadable { path: String, reason: String },
     #[error("could not run ffprobe ({program:?}): {reason}")]
     ProbeTool { program: String, reason: String },
+    #[error("the bucket could not be read: {0}")]
+    Bucket(#[from] velour_storage::s3::S3Error),
     #[error(transparent)]
     Peer(#[from] PeerError),
     #[error("the peer's listing is inconsistent: {0}")]
@@ -169,8 +171,7 @@ async fn scan_by_storage_type(
     match location.location.kind() {
         Some(StorageType::Local) => local::scan_folder(&scan, &location, tally).await,
         Some(StorageType::Velour) => peer::scan_peer(&scan, &location, tally).await,
-        // TODO(#3): scan S3 buckets once velour-storage can list them.
-        Some(StorageType::S3) => Err(ScanFailure::Unsupported(StorageType::S3)),
+        Some(StorageType::S3) => bucket::scan_bucket(&scan, &location, tally).await,
         None => Err(ScanFailure::Misconfigured(format!(
             "unknown storage type {:?}",
             location.location.storage_type

@@ -2,6 +2,7 @@
 //! permissions and the settings each service reads at start.
 
 pub mod settings;
+pub mod signing;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

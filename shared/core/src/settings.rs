@@ -5,6 +5,7 @@
 //! '--gateway-addr <VELOUR_GATEWAY_ADDR>'`.
 
 use clap::Args;
+use secrecy::SecretString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -121,7 +122,8 @@ pub struct PeerSettings {
         long = "peer-connect-timeout",
         env = "VELOUR_PEER_CONNECT_TIMEOUT_SECS",
         value_name = "VELOUR_PEER_CONNECT_TIMEOUT_SECS",
-        default_value_t = 5
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub connect_timeout_secs: u64,
 
@@ -130,7 +132,8 @@ pub struct PeerSettings {
         long = "peer-read-timeout",
         env = "VELOUR_PEER_READ_TIMEOUT_SECS",
         value_name = "VELOUR_PEER_READ_TIMEOUT_SECS",
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub read_timeout_secs: u64,
 
@@ -139,7 +142,8 @@ pub struct PeerSettings {
         long = "peer-max-page-bytes",
         env = "VELOUR_PEER_MAX_PAGE_BYTES",
         value_name = "VELOUR_PEER_MAX_PAGE_BYTES",
-        default_value_t = 16 * 1024 * 1024
+        default_value_t = 16 * 1024 * 1024,
+        value_parser = parse_page_bytes
     )]
     pub max_page_bytes: usize,
 }
@@ -158,6 +162,68 @@ impl Default for PeerSettings {
     fn default() -> Self {
         Self { connect_timeout_secs: 5, read_timeout_secs: 30, max_page_bytes: 16 * 1024 * 1024 }
     }
+}
+
+/// Signed stream URLs for players that cannot send a key (`<video>`). Read by the
+/// gateway (which signs) and the stream service (which checks).
+#[derive(Args, Clone)]
+pub struct SigningSettings {
+    /// Secret (at least 32 bytes) for the HMAC of signed stream URLs. Every gateway and
+    /// stream service of one instance must share it. Unset: a random secret is created in
+    /// the catalog on first start and read from there by every replica, so replicas
+    /// sharing the database agree without any setting; setting it pins the secret and
+    /// rotating it ends every signed URL handed out.
+    #[arg(
+        long = "url-signing-secret",
+        env = "VELOUR_URL_SIGNING_SECRET",
+        value_name = "VELOUR_URL_SIGNING_SECRET",
+        hide_env_values = true,
+        value_parser = parse_signing_secret
+    )]
+    pub url_signing_secret: Option<SecretString>,
+
+    /// Seconds a signed stream URL stays valid. A player requests ranges with the same URL
+    /// for as long as the film plays and seeks, so the default covers a long film; a
+    /// revoked key ends its URLs at once whatever is left of this.
+    #[arg(
+        long = "signed-url-ttl",
+        env = "VELOUR_SIGNED_URL_TTL_SECS",
+        value_name = "VELOUR_SIGNED_URL_TTL_SECS",
+        default_value_t = 4 * 3600,
+        value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600)
+    )]
+    pub signed_url_ttl_secs: u64,
+}
+
+impl fmt::Debug for SigningSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningSettings")
+            .field("url_signing_secret", &self.url_signing_secret.as_ref().map(|_| "REDACTED"))
+            .field("signed_url_ttl_secs", &self.signed_url_ttl_secs)
+            .finish()
+    }
+}
+
+impl Default for SigningSettings {
+    fn default() -> Self {
+        Self { url_signing_secret: None, signed_url_ttl_secs: 4 * 3600 }
+    }
+}
+
+impl SigningSettings {
+    pub fn signed_url_ttl(&self) -> Duration {
+        Duration::from_secs(self.signed_url_ttl_secs)
+    }
+}
+
+fn parse_signing_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.len() < crate::signing::MIN_SECRET_BYTES {
+        return Err(format!(
+            "the secret must be at least {} bytes long (e.g. `openssl rand -hex 32`)",
+            crate::signing::MIN_SECRET_BYTES
+        ));
+    }
+    Ok(SecretString::from(raw.to_owned()))
 }
 
 /// The worker's own settings.
@@ -191,12 +257,35 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub probe_timeout_secs: u64,
+
+    /// Keys asked for per page when listing a bucket (S3 sends at most 1000).
+    #[arg(
+        long = "s3-list-page-size",
+        env = "VELOUR_S3_LIST_PAGE_SIZE",
+        value_name = "VELOUR_S3_LIST_PAGE_SIZE",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(i32).range(1..=1000)
+    )]
+    pub s3_list_page_size: i32,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { concurrency: 2, ffprobe: "ffprobe".to_owned(), probe_timeout_secs: 30 }
+        Self {
+            concurrency: 2,
+            ffprobe: "ffprobe".to_owned(),
+            probe_timeout_secs: 30,
+            s3_list_page_size: 1000,
+        }
     }
+}
+
+fn parse_page_bytes(raw: &str) -> Result<usize, String> {
+    let bytes: usize = raw.parse().map_err(|_| format!("{raw:?} is not a number of bytes"))?;
+    if bytes < 64 * 1024 {
+        return Err("must be at least 65536 bytes (one page of works)".to_owned());
+    }
+    Ok(bytes)
 }
 
 fn parse_postgres_url(raw: &str) -> Result<Url, String> {

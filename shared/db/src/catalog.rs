@@ -79,7 +79,8 @@ pub async fn instance_totals(pool: &PgPool) -> Result<InstanceTotals, DbError> {
         "SELECT
             (SELECT count(DISTINCT work_id) FROM videos WHERE removed_at IS NULL) AS total_works,
             count(*) AS total_videos,
-            COALESCE(sum(file_size), 0)::BIGINT AS total_storage
+            -- numeric sum, clamped: peers' sizes are not ours to trust with an overflow
+            LEAST(COALESCE(sum(file_size), 0), 9223372036854775807)::BIGINT AS total_storage
          FROM videos WHERE removed_at IS NULL",
     )
     .fetch_one(pool)

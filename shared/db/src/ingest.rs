@@ -27,6 +27,9 @@ pub struct KnownVideo {
     pub file_size: i64,
     pub modified_at: Option<DateTime<Utc>>,
     pub removed: bool,
+    /// The object's ETag when it came from a bucket (kept in `video_metadata.etag`).
+    pub etag: Option<String>,
+    pub oshash: Option<String>,
 }
 
 /// Every video row of a location (present or removed), by source key.
@@ -36,7 +39,8 @@ pub async fn known_videos(
 ) -> Result<HashMap<String, KnownVideo>, DbError> {
     let rows: Vec<KnownVideo> = sqlx::query_as(
         "SELECT id, work_id, source_key, file_size, modified_at,
-                removed_at IS NOT NULL AS removed
+                removed_at IS NOT NULL AS removed, video_metadata->>'etag' AS etag,
+                fingerprints->>'oshash' AS oshash
          FROM videos WHERE storage_location_id = $1",
     )
     .bind(location_id)
@@ -262,6 +266,30 @@ pub async fn upsert_video(
             video.source_key
         ))),
     }
+}
+
+/// Gives a video a new source key, its file having moved within the location: it keeps
+/// its id, its work and its facts, and is present.
+pub async fn move_video(
+    pool: &PgPool,
+    id: i64,
+    source_key: &str,
+    filename: &str,
+    modified_at: Option<DateTime<Utc>>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE videos SET source_key = $2, filename = $3, modified_at = $4,
+            removed_at = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(source_key)
+    .bind(filename)
+    .bind(modified_at)
+    .execute(pool)
+    .await
+    .map_err(|e| DbError::conflict_or(e, "another video already has this source key"))?;
+    Ok(())
 }
 
 /// What a sweep marked removed.

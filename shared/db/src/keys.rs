@@ -132,6 +132,20 @@ pub async fn authenticate(
     Ok(found)
 }
 
+/// The key with this id if it is still active: a signed stream URL names its key by id,
+/// so that deactivating the key ends the URL too.
+pub async fn find_active_key(pool: &PgPool, id: i64) -> Result<Option<AuthenticatedKey>, DbError> {
+    let found = sqlx::query_as(
+        "SELECT k.id, k.user_id, u.is_admin, k.can_read, k.can_stream, k.can_metadata
+         FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.id = $1 AND k.active",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

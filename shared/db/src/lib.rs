@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod keys;
 pub mod locations;
 pub mod scans;
+pub mod secrets;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -86,8 +87,8 @@ pub struct PageRequest {
 /// A page request that is out of bounds.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
-    #[error("page must be 1 or more")]
-    Page,
+    #[error("page must be a whole number between 1 and {max}")]
+    Page { max: u32 },
     #[error("per_page must be between 1 and {max}")]
     PerPage { max: u32 },
 }
@@ -99,7 +100,10 @@ impl PageRequest {
     pub fn new(page: Option<i64>, per_page: Option<i64>) -> Result<Self, PageError> {
         let page = page.unwrap_or(1);
         let per_page = per_page.unwrap_or(i64::from(Self::DEFAULT_PER_PAGE));
-        let page = u32::try_from(page).ok().filter(|p| *p >= 1).ok_or(PageError::Page)?;
+        let page = u32::try_from(page)
+            .ok()
+            .filter(|p| *p >= 1)
+            .ok_or(PageError::Page { max: u32::MAX })?;
         let per_page = u32::try_from(per_page)
             .ok()
             .filter(|p| (1..=Self::MAX_PER_PAGE).contains(p))

@@ -36,6 +36,11 @@ impl PeerError {
     }
 }
 
+/// The longest one catalog call (ping, instance, a page of works) may take, body
+/// included. The read timeout alone would let a peer that sends a byte every few seconds
+/// hold a scan for days.
+const CATALOG_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A peer's base URL and the key it issued to us.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -144,6 +149,7 @@ impl PeerClient {
             .get(url)
             .bearer_auth(self.key.expose_secret())
             .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(CATALOG_CALL_TIMEOUT)
             .send()
             .await
             .map_err(|e| transport_error(&path, &e))?;

@@ -2,9 +2,15 @@
 //! validators of conditional requests (§13), and the local-folder backend.
 
 pub mod local;
+pub mod multipart;
 pub mod range;
+pub mod s3;
 pub mod validators;
 
 pub use local::{LocalError, LocalFile, content_type_for};
-pub use range::{ByteRange, ContentRange, ResolvedRange, Unsatisfiable, unsatisfied_content_range};
+pub use multipart::Multipart;
+pub use range::{
+    ByteRange, ContentRange, RangePlan, RangeSet, ResolvedRange, Unsatisfiable,
+    unsatisfied_content_range,
+};
 pub use validators::Validators;

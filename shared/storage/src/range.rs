@@ -33,9 +33,10 @@ pub struct ResolvedRange {
 pub struct Unsatisfiable;
 
 impl ByteRange {
-    /// Parses a `Range` header value. `None` means the header is to be ignored and the
-    /// whole representation sent (RFC 9110 §14.2 lets a server ignore `Range`): an unknown
-    /// unit, a malformed or invalid range (`last < first`), or several ranges.
+    /// Parses a `Range` header value holding one range. `None` means the header is to be
+    /// ignored and the whole representation sent (RFC 9110 §14.2 lets a server ignore
+    /// `Range`): an unknown unit, a malformed or invalid range (`last < first`), or
+    /// several ranges (see [`RangeSet`] for those).
     pub fn parse(header: &str) -> Option<Self> {
         let (unit, set) = header.trim().split_once('=')?;
         // §14.1: range units are compared case-insensitively.
@@ -46,8 +47,7 @@ impl ByteRange {
         let mut specs = set.split(',').map(str::trim).filter(|s| !s.is_empty());
         let spec = specs.next()?;
         if specs.next().is_some() {
-            // TODO(#4): multipart/byteranges or coalescing. Until then several ranges get
-            // the whole representation, which §14.2 allows; a player asks for one anyway.
+            // Several ranges are a `RangeSet`; this is for callers that take one only.
             return None;
         }
         Self::parse_spec(spec)
@@ -120,14 +120,164 @@ impl ByteRange {
     }
 }
 
+/// The most range specs a `Range` header may hold before it is ignored as a whole
+/// (§14.2 lets a server ignore a range set it finds abusive). Parsing and resolving a
+/// header therefore costs at most this many steps, however long the header is.
+pub const MAX_RANGE_SPECS: usize = 64;
+
+/// The most parts a `multipart/byteranges` answer carries. A set that still has more
+/// after merging is answered as one part spanning them all: a request of thousands of
+/// tiny ranges then costs what one range does (one seek, one stream).
+pub const MAX_PARTS: usize = 16;
+
+/// Every range of a `Range` header, in the order the client listed them: 1 to
+/// [`MAX_RANGE_SPECS`] of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSet(Vec<ByteRange>);
+
+/// What to send for a range set, once the representation's size is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RangePlan {
+    /// 200 with the whole representation (a suffix range of an empty one).
+    Full,
+    /// 206 with one part and its `Content-Range`.
+    Single(ResolvedRange),
+    /// 206 `multipart/byteranges`: 2 to [`MAX_PARTS`] disjoint, non-adjacent parts, in
+    /// the order the client asked for them.
+    Multipart(Vec<ResolvedRange>),
+}
+
+impl RangeSet {
+    /// Parses a `Range` header value; `None` when it is to be ignored, as for
+    /// [`ByteRange::parse`], or when it holds more than [`MAX_RANGE_SPECS`] ranges. One
+    /// invalid range makes the whole set invalid (§14.1.1).
+    pub fn parse(header: &str) -> Option<Self> {
+        let (unit, set) = header.trim().split_once('=')?;
+        if !unit.eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let mut ranges = Vec::new();
+        for spec in set.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if ranges.len() == MAX_RANGE_SPECS {
+                return None;
+            }
+            ranges.push(ByteRange::parse_spec(spec)?);
+        }
+        (!ranges.is_empty()).then_some(Self(ranges))
+    }
+
+    pub fn ranges(&self) -> &[ByteRange] {
+        &self.0
+    }
+
+    /// The one range, if the client asked for one only.
+    pub fn single(&self) -> Option<ByteRange> {
+        match self.0.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// What to send from a representation of `size` bytes.
+    ///
+    /// Ranges that select nothing are dropped; the set is unsatisfiable only if all are
+    /// (§14.1.1). Overlapping and adjacent ranges are merged, which §15.3.7.2 allows and
+    /// which keeps a part from repeating bytes. What remains is sent as one part, or as
+    /// `multipart/byteranges` in the client's order (§15.3.7.2 asks for that order) when
+    /// there are a few; past [`MAX_PARTS`] the parts are coalesced into the one span
+    /// covering them all, so the work stays that of a single range whatever was asked.
+    pub fn resolve(&self, size: u64) -> Result<RangePlan, Unsatisfiable> {
+        // (span, position in the header of the first range it came from)
+        let mut spans: Vec<(ResolvedRange, usize)> = Vec::with_capacity(self.0.len());
+        for (position, range) in self.0.iter().enumerate() {
+            match range.resolve(size) {
+                Ok(Some(span)) => spans.push((span, position)),
+                // Only a suffix of an empty representation: nothing to describe.
+                Ok(None) => return Ok(RangePlan::Full),
+                Err(Unsatisfiable) => {}
+            }
+        }
+        if spans.is_empty() {
+            return Err(Unsatisfiable);
+        }
+
+        spans.sort_unstable_by_key(|(span, _)| span.start);
+        let mut merged: Vec<(ResolvedRange, usize)> = Vec::with_capacity(spans.len());
+        for (span, position) in spans {
+            match merged.last_mut() {
+                // `end < size <= u64::MAX`, so `end + 1` cannot overflow.
+                Some((last, first_position)) if span.start <= last.end + 1 => {
+                    last.end = last.end.max(span.end);
+                    *first_position = (*first_position).min(position);
+                }
+                _ => merged.push((span, position)),
+            }
+        }
+
+        match merged.as_slice() {
+            [(one, _)] => Ok(RangePlan::Single(*one)),
+            [(first, _), .., (last, _)] if merged.len() > MAX_PARTS => {
+                Ok(RangePlan::Single(ResolvedRange { start: first.start, end: last.end }))
+            }
+            _ => {
+                merged.sort_unstable_by_key(|(_, position)| *position);
+                Ok(RangePlan::Multipart(merged.into_iter().map(|(span, _)| span).collect()))
+            }
+        }
+    }
+
+    /// Whether a peer's single-part 206 answers this set: for one range, as
+    /// [`ByteRange::is_answered_by`]; for several, a span within the one covering them
+    /// all (a server may coalesce), which needs the size to tell.
+    pub fn is_answered_by(&self, answer: ContentRange) -> bool {
+        if let Some(one) = self.single() {
+            return one.is_answered_by(answer);
+        }
+        let Some(size) = answer.complete_length else {
+            return false;
+        };
+        if answer.last >= size {
+            return false;
+        }
+        let spans = self.0.iter().filter_map(|r| r.resolve(size).ok().flatten());
+        let covering = spans.fold(None, |acc: Option<(u64, u64)>, span| match acc {
+            None => Some((span.start, span.end)),
+            Some((start, end)) => Some((start.min(span.start), end.max(span.end))),
+        });
+        covering.is_some_and(|(start, end)| answer.first >= start && answer.last <= end)
+    }
+}
+
+/// The canonical header value, as forwarded to a peer.
+impl fmt::Display for RangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("bytes=")?;
+        for (i, range) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            range.fmt_spec(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl ByteRange {
+    /// The `range-spec` alone, without the unit.
+    fn fmt_spec(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed { first, last } => write!(f, "{first}-{last}"),
+            Self::From { first } => write!(f, "{first}-"),
+            Self::Suffix { length } => write!(f, "-{length}"),
+        }
+    }
+}
+
 /// The canonical header value, as forwarded to a peer.
 impl fmt::Display for ByteRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Closed { first, last } => write!(f, "bytes={first}-{last}"),
-            Self::From { first } => write!(f, "bytes={first}-"),
-            Self::Suffix { length } => write!(f, "bytes=-{length}"),
-        }
+        f.write_str("bytes=")?;
+        self.fmt_spec(f)
     }
 }
 
@@ -259,9 +409,111 @@ mod tests {
     }
 
     #[test]
-    fn several_ranges_are_ignored_for_now() {
+    fn several_ranges_are_not_one_byte_range() {
         assert_eq!(ByteRange::parse("bytes=0-1,5-9"), None);
         assert_eq!(ByteRange::parse("bytes=0-1, -5"), None);
+    }
+
+    fn plan(header: &str, size: u64) -> Result<RangePlan, Unsatisfiable> {
+        RangeSet::parse(header).unwrap_or_else(|| panic!("{header:?} did not parse")).resolve(size)
+    }
+
+    fn spans(list: &[(u64, u64)]) -> Vec<ResolvedRange> {
+        list.iter().map(|&(start, end)| ResolvedRange { start, end }).collect()
+    }
+
+    #[test]
+    fn range_sets_parse_every_spec_or_none() {
+        let set = RangeSet::parse("bytes=0-1, 5-, -3,").unwrap();
+        assert_eq!(
+            set.ranges(),
+            [
+                ByteRange::Closed { first: 0, last: 1 },
+                ByteRange::From { first: 5 },
+                ByteRange::Suffix { length: 3 }
+            ]
+        );
+        assert_eq!(set.to_string(), "bytes=0-1,5-,-3");
+        assert_eq!(set.single(), None);
+        assert_eq!(RangeSet::parse("bytes=4-9").unwrap().single(), closed(4, 9));
+        for ignored in ["bytes=0-1,5-4", "bytes=0-1,x", "items=0-1,2-3", "bytes=,", "bytes"] {
+            assert_eq!(RangeSet::parse(ignored), None, "{ignored:?}");
+        }
+    }
+
+    #[test]
+    fn more_specs_than_the_limit_are_ignored_without_reading_them_all() {
+        let at_limit = vec!["0-0"; MAX_RANGE_SPECS].join(",");
+        assert!(RangeSet::parse(&format!("bytes={at_limit}")).is_some());
+        let over = vec!["0-0"; MAX_RANGE_SPECS + 1].join(",");
+        assert_eq!(RangeSet::parse(&format!("bytes={over}")), None);
+        // Thousands of specs, the last one malformed: refused by the count, not the parse.
+        let huge = format!("bytes={},nonsense", vec!["1-2"; 5000].join(","));
+        assert_eq!(RangeSet::parse(&huge), None);
+    }
+
+    #[test]
+    fn range_sets_resolve_to_the_parts_to_send() {
+        let cases = [
+            ("bytes=0-9", Ok(RangePlan::Single(spans(&[(0, 9)])[0]))),
+            // Overlapping and adjacent ranges merge into one part.
+            ("bytes=0-9,5-19", Ok(RangePlan::Single(spans(&[(0, 19)])[0]))),
+            ("bytes=10-19,0-9", Ok(RangePlan::Single(spans(&[(0, 19)])[0]))),
+            ("bytes=0-0,0-0,0-0", Ok(RangePlan::Single(spans(&[(0, 0)])[0]))),
+            // Disjoint ranges are parts, in the order asked.
+            ("bytes=50-59,0-9", Ok(RangePlan::Multipart(spans(&[(50, 59), (0, 9)])))),
+            ("bytes=0-9,-10", Ok(RangePlan::Multipart(spans(&[(0, 9), (90, 99)])))),
+            // A merged part keeps the place of the first range it holds.
+            (
+                "bytes=80-89,0-4,85-95,40-49",
+                Ok(RangePlan::Multipart(spans(&[(80, 95), (0, 4), (40, 49)]))),
+            ),
+            // Unsatisfiable ranges are dropped, and only all of them make a 416.
+            ("bytes=0-9,500-600", Ok(RangePlan::Single(spans(&[(0, 9)])[0]))),
+            ("bytes=500-600,-0", Err(Unsatisfiable)),
+            ("bytes=0-1,5-9", Ok(RangePlan::Multipart(spans(&[(0, 1), (5, 9)])))),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(plan(header, 100), expected, "{header}");
+        }
+        assert_eq!(plan("bytes=-5,-6", 0), Ok(RangePlan::Full));
+        assert_eq!(plan("bytes=0-5,7-9", 0), Err(Unsatisfiable));
+    }
+
+    #[test]
+    fn more_parts_than_the_limit_coalesce_into_one_span() {
+        // Every other byte: nothing merges, so the parts would be MAX_RANGE_SPECS.
+        let specs: Vec<String> =
+            (0..MAX_RANGE_SPECS as u64).rev().map(|i| format!("{0}-{0}", i * 2 + 1)).collect();
+        let header = format!("bytes={}", specs.join(","));
+        let last = MAX_RANGE_SPECS as u64 * 2 - 1;
+        assert_eq!(plan(&header, 10_000), Ok(RangePlan::Single(spans(&[(1, last)])[0])));
+
+        let few: Vec<String> = (0..MAX_PARTS as u64).map(|i| format!("{0}-{0}", i * 2)).collect();
+        let header = format!("bytes={}", few.join(","));
+        match plan(&header, 10_000) {
+            Ok(RangePlan::Multipart(parts)) => assert_eq!(parts.len(), MAX_PARTS),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn positions_near_u64_max_merge_without_overflow() {
+        let max = u64::MAX;
+        let header = format!("bytes={}-,0-{}", max - 2, max);
+        assert_eq!(plan(&header, max), Ok(RangePlan::Single(spans(&[(0, max - 1)])[0])));
+    }
+
+    #[test]
+    fn a_peer_answer_to_several_ranges_must_lie_within_them() {
+        let set = RangeSet::parse("bytes=10-19,50-59").unwrap();
+        let answer = |first, last, size| ContentRange { first, last, complete_length: size };
+        assert!(set.is_answered_by(answer(10, 59, Some(100))));
+        assert!(set.is_answered_by(answer(10, 19, Some(100))));
+        assert!(!set.is_answered_by(answer(0, 59, Some(100))));
+        assert!(!set.is_answered_by(answer(10, 60, Some(100))));
+        assert!(!set.is_answered_by(answer(10, 59, None)));
+        assert!(!set.is_answered_by(answer(10, 59, Some(50))));
     }
 
     #[test]
