@@ -256,6 +256,7 @@ enum PeerMode {
     RefusesKey,
     EmptyFirstPage,
     ClaimsHugeListing,
+    HostileEntries,
 }
 
 /// A peer speaking just enough HTTP/1.1 for the client: one request per connection.
@@ -325,6 +326,7 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
             (PeerMode::Endless, n) => ok(works_page(n, n + 1, vec![amelie()])),
             (PeerMode::FirstPageOnly, 1) => ok(works_page(1, 1, vec![amelie()])),
             (PeerMode::EmptyFirstPage, n) => ok(works_page(n, 5, vec![])),
+            (PeerMode::HostileEntries, 1) => ok(works_page(1, 1, hostile_works())),
             (PeerMode::ClaimsHugeListing, n) => ok(works_page(n, 1_000_000_000, vec![amelie()])),
             (_, 1) => ok(works_page(1, 2, vec![amelie()])),
             (_, 2) => ok(works_page(2, 2, vec![big_buck_bunny()])),
@@ -359,6 +361,36 @@ fn amelie() -> Value {
             }
         ]
     })
+}
+
+/// One good work among entries Postgres could not store as sent.
+fn hostile_works() -> Vec<Value> {
+    let video = |id: i64, filename: &str, fingerprints: Value| {
+        json!({
+            "id": id, "filename": filename, "file_size": 10, "fingerprints": fingerprints,
+            "storage_type": "local", "created_at": "2025-10-31T03:36:14Z"
+        })
+    };
+    let work = |id: i64, title: String, description: &str, videos: Vec<Value>| {
+        json!({
+            "id": id, "title": title, "year": 2020, "description": description,
+            "created_at": "2025-10-31T03:36:14Z", "videos": videos
+        })
+    };
+    vec![
+        work(1, "Nul\u{0} Title".into(), "", vec![video(31, "a.mp4", json!({}))]),
+        work(2, "x".repeat(4000), "", vec![video(32, "b.mp4", json!({}))]),
+        work(
+            3,
+            "Fine".into(),
+            "plot with \u{0} inside",
+            vec![
+                video(33, "c\u{0}.mp4", json!({})),
+                video(34, "d.mp4", json!({ "oshash": "\u{0}" })),
+                video(35, "good.mp4", json!({ "oshash": "0123456789abcdef" })),
+            ],
+        ),
+    ]
 }
 
 fn big_buck_bunny() -> Value {
@@ -466,6 +498,18 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::PeerListing(_)))));
         let run = get_scan_run(&pool, run_id).await.unwrap();
         assert!(run.error.unwrap_or_default().contains("1000000000 pages"));
+
+        // Entries Postgres cannot store are skipped one by one; the rest of the page is saved.
+        peer.set(PeerMode::HostileEntries);
+        let (run_id, outcome) = scan(&state, location).await;
+        let counts = outcome.unwrap();
+        assert_eq!((counts.videos_seen, counts.videos_added), (1, 1), "{counts:?}");
+        let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
+        assert_eq!(skips.len(), 4, "{skips:?}");
+        let (works, _) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let fine = works.iter().find(|w| w.work.title == "Fine").unwrap();
+        assert_eq!(fine.work.description, None);
+        assert_eq!(fine.videos.len(), 1);
 
         // A refused key fails the run with the peer's answer.
         peer.set(PeerMode::RefusesKey);

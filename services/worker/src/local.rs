@@ -321,6 +321,10 @@ pub(crate) struct Walk {
 /// Lists the video files under `root`. Hidden files and folders (a leading dot, as in
 /// `.git` or macOS's `._` companions) are passed over. Symbolic links are not followed, so
 /// a scan never leaves its root nor loops. Blocking.
+/// The longest relative path indexed: Postgres' B-tree entries hold at most 2704 bytes, and
+/// the key shares its entry with the location id.
+const MAX_KEY_BYTES: usize = 2000;
+
 pub(crate) fn walk_folder(root: &Path) -> Walk {
     let mut walk = Walk { complete: true, ..Walk::default() };
     let entries = WalkDir::new(root)
@@ -355,6 +359,12 @@ pub(crate) fn walk_folder(root: &Path) -> Walk {
             walk.skips.push(Skip { path, reason });
             continue;
         };
+        if key.len() > MAX_KEY_BYTES {
+            // The catalog indexes the path; Postgres cannot index one this long.
+            let reason = format!("the path is longer than {MAX_KEY_BYTES} bytes");
+            walk.skips.push(Skip { path: key, reason });
+            continue;
+        }
         if entry.path_is_symlink() {
             let reason = "symbolic links are not followed".to_owned();
             walk.skips.push(Skip { path: key, reason });
@@ -439,6 +449,21 @@ mod tests {
             walk.skips,
             [Skip { path: "link.mp4".into(), reason: "symbolic links are not followed".into() }]
         );
+    }
+
+    #[test]
+    fn paths_too_long_to_index_are_skipped_with_a_reason() {
+        let root = tempfile::tempdir().unwrap();
+        let mut deep = root.path().to_owned();
+        for n in 0..9 {
+            deep.push(format!("{n}{}", "d".repeat(249)));
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("clip.mp4"), b"x").unwrap();
+        let walk = walk_folder(root.path());
+        assert!(walk.files.is_empty());
+        assert_eq!(walk.skips.len(), 1);
+        assert!(walk.skips[0].reason.contains("longer than 2000 bytes"), "{:?}", walk.skips);
     }
 
     #[test]

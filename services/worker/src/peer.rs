@@ -138,6 +138,12 @@ async fn save_page(
             continue;
         }
         let title = normalize_title(&work.title);
+        if let Some(reason) = unstorable_work(&title) {
+            for video in videos {
+                skips.push((skip_path(video), reason));
+            }
+            continue;
+        }
         if title.is_empty() {
             for video in videos {
                 skips.push((skip_path(video), "the peer listed it under a work with no title"));
@@ -148,8 +154,8 @@ async fn save_page(
         let found = FoundWork {
             title: &title,
             year: work.year,
-            description: work.description.as_deref(),
-            director: work.director.as_deref(),
+            description: work.description.as_deref().filter(storable_text),
+            director: work.director.as_deref().filter(storable_text),
             rating: work.rating.filter(|r| r.is_finite()),
         };
         let (work_id, work_change) = ingest::upsert_work(&mut tx, &found).await?;
@@ -200,9 +206,42 @@ fn skip_reason(video: &WorkVideo) -> Option<&'static str> {
     if video.file_size < 0 {
         return Some("the peer reported a negative file size");
     }
+    let texts =
+        [Some(video.filename.as_str()), video.video_codec.as_deref(), video.audio_codec.as_deref()];
+    if texts.into_iter().flatten().any(|t| t.contains('\0'))
+        || video.fingerprints.to_string().contains("\\u0000")
+    {
+        // Postgres cannot store NUL in text or JSON; one such entry must not fail the page.
+        return Some("the peer sent text with a NUL character");
+    }
+    if video.filename.len() > MAX_TEXT_BYTES {
+        return Some("the peer sent a file name too long to store");
+    }
     None
 }
 
+/// The longest title or file name taken from a peer. Titles are indexed, and Postgres'
+/// B-tree entries hold at most 2704 bytes.
+const MAX_TEXT_BYTES: usize = 1024;
+
+/// Optional text worth keeping: storable, and not absurdly long.
+fn storable_text(text: &&str) -> bool {
+    !text.contains('\0') && text.len() <= 64 * 1024
+}
+
+fn unstorable_work(title: &str) -> Option<&'static str> {
+    if title.contains('\0') {
+        return Some("the peer listed it under a title with a NUL character");
+    }
+    if title.len() > MAX_TEXT_BYTES {
+        return Some("the peer listed it under a title too long to store");
+    }
+    None
+}
+
+/// How a skipped peer video is named in the scan run: its file name made storable (no NUL,
+/// not endless) and its id on the peer.
 fn skip_path(video: &WorkVideo) -> String {
-    format!("{} (peer video {})", video.filename, video.id)
+    let name: String = video.filename.chars().take(300).collect();
+    format!("{} (peer video {})", name.replace('\0', "\u{fffd}"), video.id)
 }
