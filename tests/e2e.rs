@@ -403,11 +403,13 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()
         ),
         (
             "/api/v1/admin/storage_locations",
-            json!({"name": "dots", "storage_type": "local", "configuration": {"path": "/tmp/../tmp"}}),
+            json!({"name": "dots", "storage_type": "local",
+                   "configuration": {"path": "/tmp/../tmp"}}),
         ),
         (
             "/api/v1/admin/storage_locations",
-            json!({"name": "nul", "storage_type": "local", "configuration": {"path": "/tmp/\u{0}"}}),
+            json!({"name": "nul", "storage_type": "local",
+                   "configuration": {"path": "/tmp/\u{0}"}}),
         ),
         (
             "/api/v1/admin/storage_locations",

@@ -30,7 +30,10 @@ fn key_create_prints_the_key_alone_and_stores_only_its_hash() {
     let stdout = String::from_utf8(output.stdout).expect("UTF-8");
     let stored = Command::new("psql")
         .args(["-h", "127.0.0.1", "-d", &name, "-Atc"])
-        .arg("SELECT encode(key_hash, 'hex') || ' ' || key_prefix || ' ' || can_read || can_stream || can_metadata FROM api_keys")
+        .arg(concat!(
+            "SELECT encode(key_hash, 'hex') || ' ' || key_prefix || ' ' ",
+            "|| can_read || can_stream || can_metadata FROM api_keys"
+        ))
         .output()
         .expect("psql runs");
     drop_db();
