@@ -36,16 +36,22 @@ pub(crate) async fn authorize(
         SignatureError::Expired => StreamError::SignatureExpired,
     })?;
 
-    let key = keys::find_active_key(&state.pool, grant.key_id)
-        .await
+    // A revoked key's URLs stop working with it.
+    may_stream(keys::find_active_key(&state.pool, grant.key_id).await)
+}
+
+/// The key a lookup found, if there is one and it may stream.
+fn may_stream(
+    found: Result<Option<AuthenticatedKey>, velour_db::DbError>,
+) -> Result<AuthenticatedKey, StreamError> {
+    let key = found
         .map_err(|e| {
             tracing::error!(error = %e, "could not check an API key");
             StreamError::Internal
         })?
-        // A revoked key's URLs stop working with it.
         .ok_or(StreamError::Unauthorized)?;
     if !key.can_stream {
-        tracing::info!(api_key.id = key.id, "signed URL of a key without the stream permission");
+        tracing::info!(api_key.id = key.id, "key without the stream permission refused");
         return Err(StreamError::Forbidden);
     }
     Ok(key)
@@ -86,18 +92,7 @@ async fn require_stream(
     headers: &HeaderMap,
 ) -> Result<AuthenticatedKey, StreamError> {
     let presented = bearer_token(headers).ok_or(StreamError::Unauthorized)?;
-    let key = keys::authenticate(pool, presented)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "could not check an API key");
-            StreamError::Internal
-        })?
-        .ok_or(StreamError::Unauthorized)?;
-    if !key.can_stream {
-        tracing::info!(api_key.id = key.id, "key without the stream permission refused");
-        return Err(StreamError::Forbidden);
-    }
-    Ok(key)
+    may_stream(keys::authenticate(pool, presented).await)
 }
 
 /// The token of a `Bearer` credential (RFC 6750 §2.1); the scheme is case-insensitive.
