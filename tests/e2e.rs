@@ -5,6 +5,7 @@ mod peer_faults;
 mod s3;
 mod signed_urls;
 mod streaming;
+mod thumbnails;
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode, header};

@@ -4,7 +4,8 @@ use crate::{H264_AAC, VP9_OPUS, counts, find_video};
 use anyhow::Context;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use velour_core::settings::WorkerSettings;
+use velour_core::settings::{AssetSettings, WorkerSettings};
+use velour_storage::AssetStore;
 use velour_tests::s3::S3Server;
 use velour_tests::{Instance, make_video};
 
@@ -115,6 +116,22 @@ async fn a_bucket_is_listed_by_pages_streamed_by_range_and_meets_its_local_twin(
     assert!(hashes[0].is_string());
     assert_eq!(hashes[0], hashes[1]);
 
+    // The bucket's videos get thumbnails too: ffmpeg reads them over presigned URLs.
+    let thumbnail = format!("/api/v1/videos/{}/thumbnail", video["id"].as_i64().context("id")?);
+    let mut made = None;
+    for _ in 0..600 {
+        let response = a.admin(Method::GET, &thumbnail).send().await?;
+        if response.status() == StatusCode::OK {
+            made = Some(response.bytes().await?);
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let jpeg = made.context("no thumbnail for the bucket's video within a minute")?;
+    let image = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg)?;
+    assert_eq!((image.width(), image.height()), (320, 240));
+
     // An unchanged bucket is not probed again; a deleted object is marked removed.
     let again = a.scan(id).await?;
     assert_eq!(counts(&again, "videos"), [3, 0, 0, 0], "{again}");
@@ -127,5 +144,42 @@ async fn a_bucket_is_listed_by_pages_streamed_by_range_and_meets_its_local_twin(
     assert_eq!(after["videos_skipped"], 0, "{after}");
 
     a.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_can_be_kept_in_a_bucket() -> anyhow::Result<()> {
+    let server = S3Server::start().await?;
+    server.create_bucket("assets").await?;
+    let mut settings = AssetSettings::directory(std::path::Path::new("unused"));
+    settings.asset_store = "s3://assets/velour".to_owned();
+    settings.s3_endpoint = Some(server.endpoint.clone());
+    settings.s3_access_key_id = Some("velour-test".to_owned());
+    settings.s3_secret_access_key = Some("velour-test-secret".to_owned().into());
+    let store = AssetStore::from_settings(&settings)?;
+
+    let key = "thumbnails/7/0123abcd.jpg";
+    assert_eq!(store.get(key).await?, None);
+    store.put(key, bytes::Bytes::from_static(b"\xff\xd8 image"), "image/jpeg").await?;
+    assert_eq!(store.get(key).await?.as_deref(), Some(&b"\xff\xd8 image"[..]));
+    // Under the prefix, with its type, as any other client of the bucket sees it.
+    let object = server
+        .settings("assets")?
+        .client()
+        .head_object()
+        .bucket("assets")
+        .key(format!("velour/{key}"))
+        .send()
+        .await?;
+    assert_eq!(object.content_type(), Some("image/jpeg"));
+    store.delete(key).await?;
+    store.delete(key).await?;
+    assert_eq!(store.get(key).await?, None);
+
+    // Wrong credentials are an error of the store, not "no such asset".
+    settings.s3_secret_access_key = Some("wrong".to_owned().into());
+    settings.s3_endpoint = Some(url::Url::parse("http://127.0.0.1:9/")?);
+    let unreachable = AssetStore::from_settings(&settings)?;
+    assert!(unreachable.get(key).await.is_err());
     Ok(())
 }

@@ -16,6 +16,7 @@ use velour_core::settings::{
     DatabaseSettings, PeerSettings, RedisSettings, SigningSettings, WorkerSettings,
 };
 use velour_db::keys::KeyOwner;
+use velour_storage::AssetStore;
 
 pub mod s3;
 
@@ -173,6 +174,7 @@ pub struct Instance {
     pub http: reqwest::Client,
     db: Option<TestDb>,
     _redis: RedisDb,
+    _assets: tempfile::TempDir,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -212,8 +214,13 @@ impl Instance {
         let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = Url::parse(&format!("http://{}/", gateway_listener.local_addr()?))?;
 
-        let stream_state = velour_stream::StreamState::new(db.pool.clone(), peer.clone())?
-            .with_signer(signer.clone());
+        // Worker and stream service share the instance's asset directory, as replicas
+        // share a volume or a bucket.
+        let assets_dir = tempfile::tempdir()?;
+        let assets = AssetStore::Directory(assets_dir.path().to_owned());
+        let stream_state =
+            velour_stream::StreamState::new(db.pool.clone(), peer.clone(), assets.clone())?
+                .with_signer(signer.clone());
         let redis_settings = RedisSettings { redis_url: redis.url() };
         let gateway_state = velour_gateway::GatewayState::new(
             db.pool.clone(),
@@ -223,7 +230,7 @@ impl Instance {
         )
         .await?
         .with_url_signing(signer, signing.signed_url_ttl());
-        let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer);
+        let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer, assets);
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(velour_stream::serve(
@@ -254,6 +261,7 @@ impl Instance {
             http: reqwest::Client::new(),
             db: Some(db),
             _redis: redis,
+            _assets: assets_dir,
             stop,
             tasks,
         };

@@ -79,24 +79,51 @@ impl StreamApi {
         relay(&state, reqwest::Method::HEAD, id.0, request, None).await
     }
 
-    /// The video's thumbnail image.
+    /// The video's thumbnail: a JPEG frame taken at about a tenth of the video, or, for a
+    /// peer's video, the image the peer serves. Answers 304 to a current `If-None-Match`
+    /// or `If-Modified-Since`; 404 `thumbnail-not-found` while there is none (not made
+    /// yet, or a video without a picture).
     #[oai(path = "/videos/:id/thumbnail", method = "get", operation_id = "get_video_thumbnail")]
     async fn thumbnail(
         &self,
         auth: ApiKeyAuth,
         state: Data<&GatewayState>,
+        request: &poem::Request,
         id: Path<i64>,
-    ) -> Result<Binary<Vec<u8>>, ApiError> {
+    ) -> Result<Response<ThumbnailResponse>, ApiError> {
         auth.require_stream()?;
-        velour_db::catalog::get_video(&state.pool, id.0)
-            .await
-            .map_err(|e| ApiError::from_db(e, "video"))?;
-        // TODO(#3): generate thumbnails in the worker and serve them here.
-        Err(ApiError::NotFound(poem_openapi::payload::Json(ErrorBody {
-            code: "thumbnail-not-found".to_owned(),
-            error: "this video has no thumbnail".to_owned(),
-        })))
+        let relayed =
+            relay_to(&state, reqwest::Method::GET, id.0, Target::Thumbnail, request, None).await?;
+        let inner = match relayed.status.as_u16() {
+            304 => ThumbnailResponse::NotModified,
+            _ => ThumbnailResponse::Image(Binary(relayed.body)),
+        };
+        Ok(relayed.headers.into_iter().fold(Response::new(inner), |r, (n, v)| r.header(n, v)))
     }
+}
+
+#[derive(ApiResponse)]
+pub enum ThumbnailResponse {
+    /// The image; `Content-Type` says which format (ours are JPEG).
+    #[oai(status = 200, content_type = "image/jpeg")]
+    Image(Binary<Body>),
+    /// The caller's cached copy is still current.
+    #[oai(status = 304)]
+    NotModified,
+}
+
+/// What the stream service is asked for.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Stream,
+    Thumbnail,
+}
+
+/// The stream service's answer, ready to pass on.
+struct Relayed {
+    status: reqwest::StatusCode,
+    headers: Vec<(HeaderName, reqwest::header::HeaderValue)>,
+    body: Body,
 }
 
 /// Relays a stream request. `signed_query` is a signed URL's query, passed on in place of
@@ -108,10 +135,28 @@ pub(crate) async fn relay(
     request: &poem::Request,
     signed_query: Option<&str>,
 ) -> Result<Response<StreamResponse>, ApiError> {
-    let mut url = state
-        .stream_base_url
-        .join(&format!("api/v1/videos/{id}/stream"))
-        .map_err(|e| ApiError::internal(&e))?;
+    let relayed = relay_to(state, method, id, Target::Stream, request, signed_query).await?;
+    let inner = match relayed.status.as_u16() {
+        206 => StreamResponse::Partial(Binary(relayed.body)),
+        304 => StreamResponse::NotModified,
+        _ => StreamResponse::Full(Binary(relayed.body)),
+    };
+    Ok(relayed.headers.into_iter().fold(Response::new(inner), |r, (n, v)| r.header(n, v)))
+}
+
+async fn relay_to(
+    state: &GatewayState,
+    method: reqwest::Method,
+    id: i64,
+    target: Target,
+    request: &poem::Request,
+    signed_query: Option<&str>,
+) -> Result<Relayed, ApiError> {
+    let path = match target {
+        Target::Stream => format!("api/v1/videos/{id}/stream"),
+        Target::Thumbnail => format!("api/v1/videos/{id}/thumbnail"),
+    };
+    let mut url = state.stream_base_url.join(&path).map_err(|e| ApiError::internal(&e))?;
     url.set_query(signed_query);
     let mut headers = HeaderMap::new();
     for name in FORWARDED_REQUEST {
@@ -147,23 +192,14 @@ pub(crate) async fn relay(
         return Err(relayed_error(upstream).await);
     }
 
-    let forwarded: Vec<_> = FORWARDED_RESPONSE
+    let headers: Vec<_> = FORWARDED_RESPONSE
         .iter()
         .flat_map(|name| upstream.headers().get_all(name).iter().map(|v| (name.clone(), v.clone())))
         .collect();
     // TODO(#4): RSS grows ~1.4 MiB per relayed stream (106 MiB with 32 peer streams, over
     // the 100 MiB target); not yet profiled, hyper's per-connection buffers are suspected.
     let body = Body::from_bytes_stream(upstream.bytes_stream().map_err(std::io::Error::other));
-    let inner = match status.as_u16() {
-        206 => StreamResponse::Partial(Binary(body)),
-        304 => StreamResponse::NotModified,
-        _ => StreamResponse::Full(Binary(body)),
-    };
-    let mut answer = Response::new(inner);
-    for (name, value) in forwarded {
-        answer = answer.header(name, value);
-    }
-    Ok(answer)
+    Ok(Relayed { status, headers, body })
 }
 
 fn error_json(code: &str, message: &str) -> poem_openapi::payload::Json<ErrorBody> {

@@ -32,6 +32,8 @@ pub(crate) enum StreamError {
     MethodNotAllowed,
     /// The catalog knows the video but its storage does not have the bytes.
     FileMissing,
+    /// The video has no thumbnail (not made yet, or it has no picture to take one from).
+    ThumbnailNotFound,
     /// No byte of the requested range exists; the size goes into `Content-Range`
     /// when known.
     RangeNotSatisfiable {
@@ -55,7 +57,7 @@ impl StreamError {
                 StatusCode::UNAUTHORIZED
             }
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotFound | Self::FileMissing => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::FileMissing | Self::ThumbnailNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +77,7 @@ impl StreamError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::FileMissing => "video-file-missing",
+            Self::ThumbnailNotFound => "thumbnail-not-found",
             Self::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             Self::StorageUnavailable => "storage-unavailable",
             Self::PeerRefused => "peer-refused",
@@ -94,6 +97,7 @@ impl StreamError {
             Self::NotFound => "video not found",
             Self::MethodNotAllowed => "only GET and HEAD are allowed here",
             Self::FileMissing => "the video is in the catalog but its file is missing",
+            Self::ThumbnailNotFound => "this video has no thumbnail",
             Self::RangeNotSatisfiable { .. } => "the requested range lies outside the video",
             Self::StorageUnavailable => {
                 "the storage holding this video is unavailable; an administrator must check it"

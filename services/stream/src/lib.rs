@@ -13,6 +13,7 @@ mod peer;
 mod s3;
 #[cfg(test)]
 mod tests;
+mod thumbnail;
 
 use anyhow::Context;
 use error::StreamError;
@@ -27,11 +28,11 @@ use tokio::net::TcpListener;
 use tracing::instrument;
 use velour_core::StorageType;
 use velour_core::settings::{
-    DatabaseSettings, PeerSettings, SigningSettings, StreamAddrSettings, redact_url,
+    AssetSettings, DatabaseSettings, PeerSettings, SigningSettings, StreamAddrSettings, redact_url,
 };
 use velour_core::signing::UrlSigner;
 use velour_db::DbError;
-use velour_storage::RangeSet;
+use velour_storage::{AssetStore, RangeSet};
 
 /// How long a shutdown waits for open streams. A film can take hours to watch, so open
 /// streams are cut after this; players resume with a range request.
@@ -49,6 +50,8 @@ pub struct StreamCli {
     pub peer: PeerSettings,
     #[command(flatten)]
     pub signing: SigningSettings,
+    #[command(flatten)]
+    pub assets: AssetSettings,
 }
 
 /// What every request needs: the catalog and one HTTP client shared by all peers.
@@ -59,12 +62,14 @@ pub struct StreamState {
     peer: PeerSettings,
     /// Checks signed stream URLs; without it only `Authorization` is accepted.
     signer: Option<UrlSigner>,
+    /// Where the worker keeps thumbnails.
+    assets: AssetStore,
 }
 
 impl StreamState {
-    pub fn new(pool: PgPool, peer: PeerSettings) -> anyhow::Result<Self> {
+    pub fn new(pool: PgPool, peer: PeerSettings, assets: AssetStore) -> anyhow::Result<Self> {
         let http = velour_peer::http_client(&peer).context("could not build the peer client")?;
-        Ok(Self { pool, http, peer, signer: None })
+        Ok(Self { pool, http, peer, signer: None, assets })
     }
 
     /// Accepts signed stream URLs checked with `signer`.
@@ -78,6 +83,7 @@ impl StreamState {
 pub fn app(state: StreamState) -> impl Endpoint + 'static {
     Route::new()
         .at("/api/v1/videos/:id/stream", poem::get(stream_video).head(stream_video))
+        .at("/api/v1/videos/:id/thumbnail", poem::get(video_thumbnail).head(video_thumbnail))
         .at("/healthz", poem::get(healthz))
         .data(state)
         .catch_all_error(error::routing_error)
@@ -108,15 +114,17 @@ pub async fn run(
     addr: &StreamAddrSettings,
     peer: &PeerSettings,
     signing: &SigningSettings,
+    assets: &AssetSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let assets = AssetStore::from_settings(assets)?;
     let pool = velour_db::connect_and_migrate(db).await.with_context(|| {
         format!("could not open the catalog at {} (DATABASE_URL)", redact_url(&db.database_url))
     })?;
     let signer = velour_db::secrets::url_signer(&pool, signing)
         .await
         .context("could not load the URL signing secret (VELOUR_URL_SIGNING_SECRET)")?;
-    let state = StreamState::new(pool, peer.clone())?.with_signer(signer);
+    let state = StreamState::new(pool, peer.clone(), assets)?.with_signer(signer);
     let listener = TcpListener::bind(addr.stream_addr).await.with_context(|| {
         format!("could not listen on {} (VELOUR_STREAM_ADDR)", addr.stream_addr)
     })?;
@@ -135,6 +143,14 @@ async fn stream_video(req: &Request, Data(state): Data<&StreamState>) -> Respons
         return StreamError::NotFound.into_response();
     };
     find_and_stream(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[handler]
+async fn video_thumbnail(req: &Request, Data(state): Data<&StreamState>) -> Response {
+    let Some(id) = req.raw_path_param("id").and_then(|raw| raw.parse::<i64>().ok()) else {
+        return StreamError::NotFound.into_response();
+    };
+    thumbnail::serve(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[instrument(skip_all, fields(video.id = id, http.method = %req.method(), api_key.id))]

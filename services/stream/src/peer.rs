@@ -59,7 +59,7 @@ pub(crate) async fn serve(
 }
 
 /// A client for the location's peer, sharing the service's connection pool.
-fn peer_client(
+pub(crate) fn peer_client(
     state: &StreamState,
     location: &LocationWithSecrets,
 ) -> Result<PeerClient, StreamError> {
@@ -92,7 +92,7 @@ fn forwarded_headers(headers: &HeaderMap, ranges: Option<&RangeSet>) -> HeaderMa
     forwarded
 }
 
-fn peer_failed(err: &PeerError, client: &PeerClient) -> StreamError {
+pub(crate) fn peer_failed(err: &PeerError, client: &PeerClient) -> StreamError {
     let peer = redact_url(client.base_url());
     match err {
         PeerError::Timeout { .. } => {

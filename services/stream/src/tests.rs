@@ -42,7 +42,8 @@ impl Library {
     }
 
     fn client_with(&self, peer: PeerSettings) -> TestClient<impl Endpoint + use<>> {
-        TestClient::new(app(StreamState::new(self.pool.clone(), peer).unwrap()))
+        let assets = AssetStore::Directory(self.dir.join("assets"));
+        TestClient::new(app(StreamState::new(self.pool.clone(), peer, assets).unwrap()))
     }
 
     async fn add_location(&self, kind: StorageType, configuration: Value, secrets: Value) -> i64 {
@@ -200,7 +201,9 @@ impl Drop for Running {
 }
 
 async fn run_stream_service(pool: &PgPool) -> Running {
-    let state = StreamState::new(pool.clone(), PeerSettings::default()).unwrap();
+    // These tests stream videos only; no thumbnail is ever looked up in this store.
+    let assets = AssetStore::Directory(std::env::temp_dir().join("velour-no-assets"));
+    let state = StreamState::new(pool.clone(), PeerSettings::default(), assets).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = base_url(listener.local_addr().unwrap());
     let task = tokio::spawn(async move {

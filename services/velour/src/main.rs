@@ -9,7 +9,7 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 use velour_core::Permissions;
 use velour_core::settings::{
-    DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, SigningSettings,
+    AssetSettings, DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, SigningSettings,
     StreamAddrSettings, WorkerSettings,
 };
 use velour_db::keys::KeyOwner;
@@ -47,6 +47,8 @@ enum Command {
         worker: WorkerSettings,
         #[command(flatten)]
         peer: PeerSettings,
+        #[command(flatten)]
+        assets: AssetSettings,
     },
     /// Run the stream service.
     Stream {
@@ -58,6 +60,8 @@ enum Command {
         peer: PeerSettings,
         #[command(flatten)]
         signing: SigningSettings,
+        #[command(flatten)]
+        assets: AssetSettings,
     },
     /// Run the gateway, a worker and the stream service in one process.
     Up(Box<UpArgs>),
@@ -89,6 +93,8 @@ struct UpArgs {
     peer: PeerSettings,
     #[command(flatten)]
     signing: SigningSettings,
+    #[command(flatten)]
+    assets: AssetSettings,
 }
 
 #[derive(Subcommand)]
@@ -143,12 +149,12 @@ async fn main() -> anyhow::Result<()> {
             let stop = stop.cancelled_owned();
             velour_gateway::run(&db, &redis, &gateway, &stream, &signing, stop).await
         }
-        Command::Worker { db, redis, worker, peer } => {
-            velour_worker::run_from_settings(&db, &redis, &worker, &peer, stop.cancelled_owned())
-                .await
+        Command::Worker { db, redis, worker, peer, assets } => {
+            let stop = stop.cancelled_owned();
+            velour_worker::run_from_settings(&db, &redis, &worker, &peer, &assets, stop).await
         }
-        Command::Stream { db, stream, peer, signing } => {
-            velour_stream::run(&db, &stream, &peer, &signing, stop.cancelled_owned()).await
+        Command::Stream { db, stream, peer, signing, assets } => {
+            velour_stream::run(&db, &stream, &peer, &signing, &assets, stop.cancelled_owned()).await
         }
         Command::Up(args) => up(*args, stop).await,
         Command::Migrate { db } => {
@@ -187,6 +193,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.stream,
         &args.peer,
         &args.signing,
+        &args.assets,
         stop.clone().cancelled_owned(),
     );
     let worker = velour_worker::run_from_settings(
@@ -194,6 +201,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.redis,
         &args.worker,
         &args.peer,
+        &args.assets,
         stop.clone().cancelled_owned(),
     );
     let guard = stop.clone().drop_guard();

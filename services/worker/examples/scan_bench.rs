@@ -13,6 +13,7 @@ use velour_core::settings::{DatabaseSettings, PeerSettings, WorkerSettings};
 use velour_db::locations::{NewLocation, create_location};
 use velour_db::scans::enqueue_scan_run;
 use velour_jobs::ScanLocation;
+use velour_storage::AssetStore;
 use velour_worker::{WorkerState, scan_location};
 
 /// Distinct clips made by ffmpeg; the library holds copies of them under different names
@@ -49,7 +50,10 @@ async fn run(pool: &sqlx::PgPool, root: &Path, files: u32) -> anyhow::Result<()>
         secrets: json!({}),
     };
     let location = create_location(pool, new).await?.id;
-    let state = WorkerState::new(pool.clone(), WorkerSettings::default(), PeerSettings::default());
+    // Scans run directly, not through the queue, so no thumbnail is made into this store.
+    let assets = AssetStore::Directory(std::env::temp_dir().join("velour-scan-bench-assets"));
+    let state =
+        WorkerState::new(pool.clone(), WorkerSettings::default(), PeerSettings::default(), assets);
 
     let mut rates = Vec::new();
     for label in ["first scan", "unchanged rescan"] {

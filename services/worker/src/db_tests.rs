@@ -22,6 +22,7 @@ use velour_db::PageRequest;
 use velour_db::locations::{NewLocation, create_location};
 use velour_db::scans::{ScanCounts, enqueue_scan_run, get_scan_run, list_scan_skips};
 use velour_jobs::ScanLocation;
+use velour_storage::AssetStore;
 
 fn postgres_server() -> String {
     std::env::var("VELOUR_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432".into())
@@ -52,7 +53,14 @@ where
 }
 
 fn state(pool: &PgPool) -> WorkerState {
-    WorkerState::new(pool.clone(), WorkerSettings::default(), PeerSettings::default())
+    state_with(pool, WorkerSettings::default())
+}
+
+/// A worker state whose thumbnails go to a directory of its own under the system's
+/// temporary directory (only the tests that make thumbnails create it).
+fn state_with(pool: &PgPool, worker: WorkerSettings) -> WorkerState {
+    let dir = std::env::temp_dir().join(format!("velour-assets-{}", uuid::Uuid::new_v4()));
+    WorkerState::new(pool.clone(), worker, PeerSettings::default(), AssetStore::Directory(dir))
 }
 
 /// A real one-second (or longer) H.264/AAC video made by ffmpeg.
@@ -548,6 +556,10 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
         let config = apalis_redis::Config::default().queue(&queue);
         let storage: velour_jobs::ScanStorage =
             apalis_redis::RedisStorage::new(conn.clone()).with_config(config);
+        let config = apalis_redis::Config::default().queue(format!("{queue}-thumbnails"));
+        let thumbnails: velour_jobs::ThumbnailStorage =
+            apalis_redis::RedisStorage::new(conn.clone()).with_config(config);
+        let queues = crate::job::Queues { scans: storage.clone(), thumbnails };
 
         let dir = tempfile::tempdir().unwrap();
         make_video(&dir.path().join("clip.mp4"), 1);
@@ -569,11 +581,18 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
         // One job waits in the queue before the worker starts...
         let folder_run = push(folder).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(crate::job::run_on(state(&pool), storage, async {
+        let worker = tokio::spawn(crate::job::run_on(state(&pool), queues, async {
             let _ = stopped.await;
         }));
         let state_of = async |run_id| get_scan_run(&pool, run_id).await.unwrap().state;
         let folder_done = eventually(async || state_of(folder_run).await == "succeeded").await;
+        // The scan queued a thumbnail job for its new video, which the worker ran.
+        let video_id: i64 =
+            sqlx::query_scalar("SELECT id FROM videos").fetch_one(&pool).await.unwrap();
+        let thumbnail_made = eventually(async || {
+            velour_db::assets::thumbnail(&pool, video_id).await.unwrap().is_some()
+        })
+        .await;
 
         // ...and one reaches it while it is idle.
         let refused_run = push(refused).await;
@@ -603,11 +622,13 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
         let _: () = redis::cmd("ZREM")
             .arg("core:apalis:queues:list")
             .arg(format!("{queue}:workers"))
+            .arg(format!("{queue}-thumbnails:workers"))
             .query_async(&mut redis)
             .await
             .unwrap();
 
         assert!(folder_done, "the queued folder scan succeeds");
+        assert!(thumbnail_made, "the scan's new video gets its thumbnail through the queue");
         assert!(refused_dead, "the refused scan fails and its task is dead, not retried");
         assert_eq!(scheduled, 0, "no retry is scheduled");
         assert!(matches!(outcome, Ok(Ok(Ok(())))), "the worker stops cleanly: {outcome:?}");
@@ -755,7 +776,7 @@ async fn a_file_still_being_copied_is_left_for_a_later_scan() {
             ffprobe: fake_ffprobe(tools.path(), growing),
             ..WorkerSettings::default()
         };
-        let copying = WorkerState::new(pool.clone(), worker, PeerSettings::default());
+        let copying = state_with(&pool, worker);
         let location =
             add_location(&pool, "Copying", StorageType::Local, json!({ "path": root })).await;
 
@@ -787,7 +808,7 @@ async fn an_ffprobe_that_hangs_is_killed_and_the_scan_goes_on() {
             probe_timeout_secs: 1,
             ..WorkerSettings::default()
         };
-        let hanging = WorkerState::new(pool.clone(), worker, PeerSettings::default());
+        let hanging = state_with(&pool, worker);
         let location =
             add_location(&pool, "Hangs", StorageType::Local, json!({ "path": dir.path() })).await;
 
@@ -829,6 +850,148 @@ async fn a_moved_file_keeps_its_row_and_its_work_without_a_new_probe() {
                 .unwrap();
         assert_eq!((after.0, after.1), before);
         assert_eq!(after.2, "Sorted/moved.mp4");
+    })
+    .await;
+}
+
+/// The present video whose file name is `name`.
+async fn video_named(pool: &PgPool, name: &str) -> i64 {
+    sqlx::query_scalar("SELECT id FROM videos WHERE filename = $1 AND removed_at IS NULL")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn thumbnails_are_made_checked_stored_and_remade_when_the_file_changes() {
+    use crate::thumbnail::ThumbnailOutcome;
+    use velour_db::assets;
+
+    with_database(|pool| async move {
+        let library = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        make_video(&library.path().join("Long Film (2001).mp4"), 20);
+        // Half a second: too short for a tenth, so the first frame is taken.
+        ffmpeg(
+            &["-f", "lavfi", "-i", "testsrc=duration=0.5:size=1280x720:rate=25"]
+                .into_iter()
+                .chain(["-c:v", "libx264"])
+                .chain([library.path().join("Blink (2002).mp4").to_str().unwrap()])
+                .collect::<Vec<_>>(),
+        );
+        let state = WorkerState::new(
+            pool.clone(),
+            WorkerSettings::default(),
+            PeerSettings::default(),
+            AssetStore::Directory(store.path().to_owned()),
+        );
+        let folder = json!({ "path": library.path() });
+        let location = add_location(&pool, "Films", StorageType::Local, folder).await;
+        scan(&state, location).await.1.unwrap();
+        let long = video_named(&pool, "Long Film (2001).mp4").await;
+        let blink = video_named(&pool, "Blink (2002).mp4").await;
+        let mut both = [long, blink];
+        both.sort_unstable();
+        assert_eq!(assets::videos_needing_thumbnails(&pool, location).await.unwrap(), both);
+
+        for (video, width, height) in [(long, 160, 120), (blink, 640, 360)] {
+            let outcome = crate::generate_thumbnail(&state, video).await.unwrap();
+            let ThumbnailOutcome::Made { key } = outcome else { panic!("{outcome:?}") };
+            let row = assets::thumbnail(&pool, video).await.unwrap().unwrap();
+            assert_eq!(row.storage_key, key);
+            assert_eq!(
+                (row.content_type.as_str(), row.width, row.height),
+                ("image/jpeg", Some(width), Some(height))
+            );
+            let bytes = std::fs::read(store.path().join(&key)).unwrap();
+            assert_eq!(row.byte_size, bytes.len() as i64);
+            let image = image::load_from_memory(&bytes).unwrap();
+            assert_eq!((image.width(), image.height()), (width as u32, height as u32));
+            // The file is named by its own hash: a strong validator.
+            use sha2::Digest;
+            assert_eq!(row.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
+        }
+        assert!(assets::videos_needing_thumbnails(&pool, location).await.unwrap().is_empty());
+        let again = crate::generate_thumbnail(&state, long).await.unwrap();
+        assert_eq!(again, ThumbnailOutcome::Skipped("the thumbnail is current"));
+
+        // The film is replaced by another: the rescan asks for a new thumbnail, the new one
+        // replaces the old in the store, and the old image is deleted.
+        let old_key = assets::thumbnail(&pool, long).await.unwrap().unwrap().storage_key;
+        let replaced = library.path().join("Long Film (2001).mp4");
+        ffmpeg(
+            &["-f", "lavfi", "-i", "mandelbrot=size=320x240:rate=10", "-t", "12"]
+                .into_iter()
+                .chain(["-c:v", "libx264", replaced.to_str().unwrap()])
+                .collect::<Vec<_>>(),
+        );
+        scan(&state, location).await.1.unwrap();
+        assert_eq!(assets::videos_needing_thumbnails(&pool, location).await.unwrap(), [long]);
+        let outcome = crate::generate_thumbnail(&state, long).await.unwrap();
+        let ThumbnailOutcome::Made { key } = outcome else { panic!("{outcome:?}") };
+        assert_ne!(key, old_key);
+        assert!(store.path().join(&key).is_file());
+        assert!(!store.path().join(&old_key).exists(), "the replaced image is deleted");
+        let row = assets::thumbnail(&pool, long).await.unwrap().unwrap();
+        assert_eq!((row.width, row.height), (Some(320), Some(240)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_video_without_a_picture_records_why_and_a_missing_ffmpeg_records_nothing() {
+    use crate::thumbnail::ThumbnailOutcome;
+    use velour_db::assets;
+
+    with_database(|pool| async move {
+        let library = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        make_video(&library.path().join("Film (1999).mp4"), 3);
+        let store = AssetStore::Directory(tools.path().join("assets"));
+        let with_ffmpeg = |ffmpeg: String, timeout: u64| {
+            let worker = WorkerSettings {
+                ffmpeg,
+                thumbnail_timeout_secs: timeout,
+                ..WorkerSettings::default()
+            };
+            WorkerState::new(pool.clone(), worker, PeerSettings::default(), store.clone())
+        };
+        let folder = json!({ "path": library.path() });
+        let location = add_location(&pool, "Films", StorageType::Local, folder).await;
+        scan(&with_ffmpeg("ffmpeg".into(), 60), location).await.1.unwrap();
+        let film = video_named(&pool, "Film (1999).mp4").await;
+
+        // No ffmpeg on this worker: an error for the job runner, nothing recorded, so the
+        // next scan queues the video again.
+        let missing = with_ffmpeg("/nonexistent/ffmpeg".into(), 60);
+        let err = crate::generate_thumbnail(&missing, film).await.unwrap_err();
+        assert!(matches!(err, crate::ThumbnailJobError::GiveUp(_)), "{err}");
+        assert_eq!(assets::videos_needing_thumbnails(&pool, location).await.unwrap(), [film]);
+
+        // An ffmpeg that hangs is killed at the timeout; one that writes no image, or
+        // something that is not an image, fails the video with the reason.
+        let cases = [
+            ("sleep 30", 1, "did not finish within 1 s"),
+            ("echo 'moov atom not found' >&2; exit 1", 60, "moov atom not found"),
+            ("exit 0", 60, "gave no frame"),
+            ("printf 'not a jpeg'", 60, "not a readable image"),
+        ];
+        for (body, timeout, reason) in cases {
+            sqlx::query("DELETE FROM video_assets").execute(&pool).await.unwrap();
+            let fake = with_ffmpeg(fake_ffprobe(tools.path(), body), timeout);
+            let started = std::time::Instant::now();
+            let outcome = crate::generate_thumbnail(&fake, film).await.unwrap();
+            assert!(started.elapsed() < Duration::from_secs(10), "{body}");
+            let ThumbnailOutcome::Failed(message) = outcome else { panic!("{outcome:?}") };
+            assert!(message.contains(reason), "{body}: {message}");
+            let recorded = assets::thumbnail_failure(&pool, film).await.unwrap();
+            assert_eq!(recorded.as_deref(), Some(message.as_str()));
+            assert!(assets::thumbnail(&pool, film).await.unwrap().is_none());
+            // Not queued again until the file changes.
+            assert!(assets::videos_needing_thumbnails(&pool, location).await.unwrap().is_empty());
+        }
+        assert!(!tools.path().join("assets").exists(), "no image was stored");
     })
     .await;
 }

@@ -1,5 +1,7 @@
-//! The apalis worker that takes `ScanLocation` jobs off the Redis queue.
+//! The apalis workers that take `ScanLocation` and `GenerateThumbnail` jobs off their
+//! Redis queues.
 
+use crate::thumbnail::{ThumbnailJobError, generate_thumbnail};
 use crate::{ScanError, WorkerState, scan_location};
 use anyhow::Context as _;
 use apalis::layers::WorkerBuilderExt;
@@ -12,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 use url::Url;
 use velour_core::settings::redact_url;
-use velour_jobs::{ScanLocation, ScanStorage};
+use velour_jobs::{GenerateThumbnail, ScanLocation, ScanStorage, ThumbnailStorage};
 
 /// How often a worker tells Redis it is alive. An idle apalis worker also looks for new
 /// jobs only on this beat (and acknowledges finished ones on it), so it bounds how long a
@@ -51,30 +53,81 @@ pub async fn run(
     let conn = velour_jobs::connect(redis_url.as_str())
         .await
         .with_context(|| format!("REDIS_URL: could not connect to {}", redact_url(redis_url)))?;
-    run_on(state, velour_jobs::scan_storage(conn), shutdown).await
+    let queues = Queues {
+        scans: velour_jobs::scan_storage(conn.clone()),
+        thumbnails: velour_jobs::thumbnail_storage(conn),
+    };
+    run_on(state, queues, shutdown).await
 }
 
-/// Runs workers on the given queue (tests give each run a queue of its own).
+/// The queues one worker process takes jobs from.
+pub(crate) struct Queues {
+    pub scans: ScanStorage,
+    pub thumbnails: ThumbnailStorage,
+}
+
+/// Runs a worker for each queue (tests give each run queues of their own).
 pub(crate) async fn run_on(
-    state: WorkerState,
-    storage: ScanStorage,
+    mut state: WorkerState,
+    queues: Queues,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let config = storage
-        .get_config()
+    let scans = queues.scans.clone().with_config(tuned(queues.scans.get_config()));
+    let thumbnails = queues.thumbnails.clone().with_config(tuned(queues.thumbnails.get_config()));
+    // Scans queue a thumbnail job for each new or changed video.
+    state.thumbnail_queue = Some(thumbnails.clone());
+    let shutdown: ShutdownSignal = shutdown.boxed().shared();
+
+    let scan_workers = keep_running("scan", shutdown.clone(), |stop| {
+        let worker = WorkerBuilder::new(worker_name("scan"))
+            .backend(scans.clone())
+            .concurrency(usize::from(state.worker.concurrency))
+            .data(state.clone())
+            .build(handle_scan_job);
+        run_until_shutdown(worker.run_until(stop.clone().map(Ok::<(), std::io::Error>)), stop)
+    });
+    let thumbnail_workers = keep_running("thumbnail", shutdown.clone(), |stop| {
+        let worker = WorkerBuilder::new(worker_name("thumbnail"))
+            .backend(thumbnails.clone())
+            .concurrency(usize::from(state.worker.concurrency))
+            .data(state.clone())
+            .build(handle_thumbnail_job);
+        run_until_shutdown(worker.run_until(stop.clone().map(Ok::<(), std::io::Error>)), stop)
+    });
+    tokio::try_join!(scan_workers, thumbnail_workers)?;
+    Ok(())
+}
+
+fn tuned(config: &apalis_redis::Config) -> apalis_redis::Config {
+    config
         .clone()
         .heartbeat_interval(HEARTBEAT_INTERVAL)
         .missed_heartbeats(MISSED_HEARTBEATS)
-        .batch_size(BATCH_SIZE);
-    let storage = storage.with_config(config);
-    let shutdown: ShutdownSignal = shutdown.boxed().shared();
+        .batch_size(BATCH_SIZE)
+}
 
-    // apalis ends a worker whose backend fails (Redis unreachable during a heartbeat); it is
-    // started again here, with a new name, after a pause that grows while failures repeat.
+/// Names must be unique among live workers: each has its own set of jobs in Redis.
+fn worker_name(queue: &str) -> String {
+    format!("velour-{queue}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs the worker `start` makes until shutdown. apalis ends a worker whose backend fails
+/// (Redis unreachable during a heartbeat); it is started again, with a new name, after a
+/// pause that grows while failures repeat.
+async fn keep_running<F, Fut>(
+    queue: &'static str,
+    shutdown: ShutdownSignal,
+    mut start: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(ShutdownSignal) -> Fut,
+    Fut: Future<Output = Result<(), WorkerError>>,
+{
     let mut backoff = RESTART_BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        let Err(err) = run_worker(&state, storage.clone(), shutdown.clone()).await else {
+        info!(queue, "worker started");
+        let Err(err) = start(shutdown.clone()).await else {
             return Ok(());
         };
         if shutdown.peek().is_some() {
@@ -83,7 +136,7 @@ pub(crate) async fn run_on(
         if started.elapsed() > RESTART_BACKOFF_MAX {
             backoff = RESTART_BACKOFF_MIN;
         }
-        warn!(error = %err, retry_in_secs = backoff.as_secs(), "scan worker stopped; restarting");
+        warn!(queue, error = %err, retry_in_secs = backoff.as_secs(), "worker stopped; restarting");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = shutdown.clone() => return Ok(()),
@@ -92,23 +145,12 @@ pub(crate) async fn run_on(
     }
 }
 
-/// Runs one apalis worker until shutdown (`Ok`) or until its backend fails (`Err`).
-async fn run_worker(
-    state: &WorkerState,
-    storage: ScanStorage,
+/// Waits for a running worker to end: on its own (its backend failed: `Err`), or after
+/// shutdown, once its jobs finish or the grace period is over.
+async fn run_until_shutdown(
+    running: impl Future<Output = Result<(), WorkerError>>,
     shutdown: ShutdownSignal,
 ) -> Result<(), WorkerError> {
-    // Names must be unique among live workers: each has its own set of jobs in Redis.
-    let name = format!("velour-scan-{}", uuid::Uuid::new_v4().simple());
-    let concurrency = usize::from(state.worker.concurrency);
-    info!(worker.name = %name, concurrency, "scan worker started");
-
-    let worker = WorkerBuilder::new(name)
-        .backend(storage)
-        .concurrency(concurrency)
-        .data(state.clone())
-        .build(handle_scan_job);
-    let running = worker.run_until(shutdown.clone().map(Ok::<(), std::io::Error>));
     let grace_over = async {
         shutdown.await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -116,8 +158,29 @@ async fn run_worker(
     tokio::select! {
         outcome = running => outcome,
         () = grace_over => {
-            warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "scans still running were abandoned");
+            warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "jobs still running were abandoned");
             Ok(())
+        }
+    }
+}
+
+/// Makes a thumbnail. Failures of the catalog or asset store are retried by apalis-redis;
+/// the rest are not (the video keeps no asset row, so the next scan queues it again).
+#[instrument(skip_all, fields(video.id = job.video_id, attempt = attempt.current()))]
+async fn handle_thumbnail_job(
+    job: GenerateThumbnail,
+    state: Data<WorkerState>,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    match generate_thumbnail(&state, job.video_id).await {
+        Ok(_) => Ok(()),
+        Err(err @ ThumbnailJobError::Retry(_)) => {
+            warn!(error = %err, "the thumbnail will be tried again");
+            Err(err.into())
+        }
+        Err(err @ ThumbnailJobError::GiveUp(_)) => {
+            warn!(error = %err, "no thumbnail made");
+            Err(Box::new(AbortError::new(err)))
         }
     }
 }

@@ -13,6 +13,7 @@ mod oshash;
 mod peer;
 mod probe;
 mod scan;
+mod thumbnail;
 mod title;
 
 #[cfg(test)]
@@ -20,13 +21,18 @@ mod db_tests;
 
 pub use job::run;
 pub use scan::{ScanError, ScanFailure, scan_location};
+pub use thumbnail::{ThumbnailJobError, ThumbnailOutcome, generate_thumbnail};
 
 use anyhow::Context as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use velour_core::settings::{DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings};
+use velour_core::settings::{
+    AssetSettings, DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings,
+};
+use velour_jobs::ThumbnailStorage;
+use velour_storage::AssetStore;
 
 /// What every scan needs: the catalog and the settings. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -38,11 +44,29 @@ pub struct WorkerState {
     lock_wait: Duration,
     /// ffprobe runs started, so tests can tell that unchanged files are not probed again.
     probes: Arc<AtomicU64>,
+    /// Where thumbnails are written.
+    assets: AssetStore,
+    /// Where scans queue thumbnail jobs; `None` when no queue is connected (scans run
+    /// directly, as in tests), and then no job is queued.
+    thumbnail_queue: Option<ThumbnailStorage>,
 }
 
 impl WorkerState {
-    pub fn new(pool: sqlx::PgPool, worker: WorkerSettings, peer: PeerSettings) -> Self {
-        Self { pool, worker, peer, lock_wait: scan::LOCK_WAIT, probes: Arc::default() }
+    pub fn new(
+        pool: sqlx::PgPool,
+        worker: WorkerSettings,
+        peer: PeerSettings,
+        assets: AssetStore,
+    ) -> Self {
+        Self {
+            pool,
+            worker,
+            peer,
+            lock_wait: scan::LOCK_WAIT,
+            probes: Arc::default(),
+            assets,
+            thumbnail_queue: None,
+        }
     }
 }
 
@@ -57,6 +81,8 @@ pub struct WorkerArgs {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub peer: PeerSettings,
+    #[command(flatten)]
+    pub assets: AssetSettings,
 }
 
 /// Connects to (and migrates) the catalog, then runs workers until `shutdown` resolves.
@@ -65,13 +91,15 @@ pub async fn run_from_settings(
     redis: &RedisSettings,
     worker: &WorkerSettings,
     peer: &PeerSettings,
+    assets: &AssetSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let assets = AssetStore::from_settings(assets)?;
     let pool = velour_db::connect_and_migrate(database).await.with_context(|| {
         let url = velour_core::settings::redact_url(&database.database_url);
         format!("DATABASE_URL: could not open the catalog at {url}")
     })?;
-    let state = WorkerState::new(pool, worker.clone(), peer.clone());
+    let state = WorkerState::new(pool, worker.clone(), peer.clone(), assets);
     run(state, &redis.redis_url, shutdown).await
 }
 
@@ -80,5 +108,6 @@ pub async fn run_from_args(
     args: &WorkerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_from_settings(&args.database, &args.redis, &args.worker, &args.peer, shutdown).await
+    let WorkerArgs { database, redis, worker, peer, assets } = args;
+    run_from_settings(database, redis, worker, peer, assets, shutdown).await
 }

@@ -134,6 +134,8 @@ pub async fn scan_location(
         error!(error = %err, scan.error = message, "could not record the end of the scan");
         return Err(ScanError::Unrecorded(err));
     }
+    // Also after a failed scan: the videos it did index deserve their thumbnails.
+    queue_thumbnails(state, job.storage_location_id).await;
     match outcome {
         Ok(()) => {
             info!(
@@ -153,6 +155,32 @@ pub async fn scan_location(
             warn!(error = %failure, videos_seen = counts.videos_seen, "scan failed");
             Err(ScanError::Failed(failure))
         }
+    }
+}
+
+/// Queues a thumbnail job for each video of the location that lacks a current one. A
+/// failure costs only thumbnails (the next scan queues them again), so it is logged.
+async fn queue_thumbnails(state: &WorkerState, location_id: i64) {
+    let Some(queue) = &state.thumbnail_queue else {
+        return;
+    };
+    let ids = match velour_db::assets::videos_needing_thumbnails(&state.pool, location_id).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            warn!(error = %err, "could not list the videos that need thumbnails");
+            return;
+        }
+    };
+    let mut queue = queue.clone();
+    for &video_id in &ids {
+        let job = velour_jobs::GenerateThumbnail { video_id };
+        if let Err(err) = velour_jobs::push_thumbnail(&mut queue, job).await {
+            warn!(error = %err, "could not queue thumbnail jobs");
+            return;
+        }
+    }
+    if !ids.is_empty() {
+        info!(videos = ids.len(), "thumbnails queued");
     }
 }
 

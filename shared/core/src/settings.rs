@@ -226,6 +226,80 @@ fn parse_signing_secret(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
+/// Where images made from videos (thumbnails) are kept. The worker writes there and the
+/// stream service reads, so every replica of both must reach the same store: a directory
+/// on a volume they share, or a bucket.
+#[derive(Args, Clone)]
+pub struct AssetSettings {
+    /// A directory (created if missing), or `s3://BUCKET/PREFIX` for a bucket reached with
+    /// the `VELOUR_ASSET_S3_*` settings.
+    #[arg(
+        long = "asset-store",
+        env = "VELOUR_ASSET_STORE",
+        value_name = "VELOUR_ASSET_STORE",
+        default_value = ".velour/assets"
+    )]
+    pub asset_store: String,
+
+    /// The bucket store's base URL, for S3-compatible stores; unset means AWS itself.
+    #[arg(
+        long = "asset-s3-endpoint",
+        env = "VELOUR_ASSET_S3_ENDPOINT",
+        value_name = "VELOUR_ASSET_S3_ENDPOINT"
+    )]
+    pub s3_endpoint: Option<Url>,
+
+    /// The bucket's region (default `us-east-1`).
+    #[arg(
+        long = "asset-s3-region",
+        env = "VELOUR_ASSET_S3_REGION",
+        value_name = "VELOUR_ASSET_S3_REGION"
+    )]
+    pub s3_region: Option<String>,
+
+    /// Access key id for the bucket.
+    #[arg(
+        long = "asset-s3-access-key-id",
+        env = "VELOUR_ASSET_S3_ACCESS_KEY_ID",
+        value_name = "VELOUR_ASSET_S3_ACCESS_KEY_ID"
+    )]
+    pub s3_access_key_id: Option<String>,
+
+    /// Secret access key for the bucket; never defaulted, never printed.
+    #[arg(
+        long = "asset-s3-secret-access-key",
+        env = "VELOUR_ASSET_S3_SECRET_ACCESS_KEY",
+        value_name = "VELOUR_ASSET_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<SecretString>,
+}
+
+impl fmt::Debug for AssetSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssetSettings")
+            .field("asset_store", &self.asset_store)
+            .field("s3_endpoint", &self.s3_endpoint.as_ref().map(Url::as_str))
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field("s3_secret_access_key", &self.s3_secret_access_key.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
+}
+
+impl AssetSettings {
+    /// Assets in a directory.
+    pub fn directory(path: &std::path::Path) -> Self {
+        Self {
+            asset_store: path.display().to_string(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+        }
+    }
+}
+
 /// The worker's own settings.
 #[derive(Args, Clone, Debug)]
 pub struct WorkerSettings {
@@ -267,6 +341,26 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(i32).range(1..=1000)
     )]
     pub s3_list_page_size: i32,
+
+    /// The ffmpeg program used to make thumbnails.
+    #[arg(
+        long = "ffmpeg",
+        env = "VELOUR_FFMPEG",
+        value_name = "VELOUR_FFMPEG",
+        default_value = "ffmpeg"
+    )]
+    pub ffmpeg: String,
+
+    /// Seconds one ffmpeg run making a thumbnail may take before it is killed. A seek into
+    /// a large remote object can take a while; a hung decoder must not hold a worker.
+    #[arg(
+        long = "thumbnail-timeout",
+        env = "VELOUR_THUMBNAIL_TIMEOUT_SECS",
+        value_name = "VELOUR_THUMBNAIL_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub thumbnail_timeout_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -276,6 +370,8 @@ impl Default for WorkerSettings {
             ffprobe: "ffprobe".to_owned(),
             probe_timeout_secs: 30,
             s3_list_page_size: 1000,
+            ffmpeg: "ffmpeg".to_owned(),
+            thumbnail_timeout_secs: 60,
         }
     }
 }

@@ -24,6 +24,33 @@ pub fn scan_storage(conn: apalis_redis::ConnectionManager) -> ScanStorage {
     apalis_redis::RedisStorage::new(conn).with_config(config)
 }
 
+/// Make (or remake) the thumbnail of one video, from its current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerateThumbnail {
+    pub video_id: i64,
+}
+
+/// The Redis queue of `GenerateThumbnail` jobs.
+pub const THUMBNAIL_QUEUE: &str = "velour:generate-thumbnail";
+
+/// The apalis-redis storage for thumbnail jobs.
+pub type ThumbnailStorage = apalis_redis::RedisStorage<GenerateThumbnail>;
+
+/// Opens the thumbnail queue on an existing Redis connection.
+pub fn thumbnail_storage(conn: apalis_redis::ConnectionManager) -> ThumbnailStorage {
+    let config = apalis_redis::Config::default().queue(THUMBNAIL_QUEUE);
+    apalis_redis::RedisStorage::new(conn).with_config(config)
+}
+
+/// Queues a thumbnail job.
+pub async fn push_thumbnail(
+    storage: &mut ThumbnailStorage,
+    job: GenerateThumbnail,
+) -> Result<(), JobError> {
+    use apalis::prelude::TaskSink;
+    storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
+}
+
 /// Connects to Redis (the URL may carry a database number) for job queues.
 pub async fn connect(redis_url: &str) -> Result<apalis_redis::ConnectionManager, JobError> {
     apalis_redis::connect(redis_url).await.map_err(JobError::Redis)

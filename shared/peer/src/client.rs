@@ -141,6 +141,26 @@ impl PeerClient {
             .map_err(|e| transport_error(&path, &e))
     }
 
+    /// Asks for a video's thumbnail, with our key and the given validators. The caller
+    /// reads the (small) body with a cap; the whole call is bounded like a catalog call.
+    pub async fn thumbnail(
+        &self,
+        method: reqwest::Method,
+        remote_video_id: i64,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<reqwest::Response, PeerError> {
+        let url = self.url(&format!("api/v1/videos/{remote_video_id}/thumbnail"))?;
+        let path = url.path().to_owned();
+        self.http
+            .request(method, url)
+            .bearer_auth(self.key.expose_secret())
+            .headers(headers)
+            .timeout(CATALOG_CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| transport_error(&path, &e))
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, PeerError> {
         let url = self.url(path_and_query)?;
         let path = url.path().to_owned();

@@ -23,6 +23,14 @@ impl Validators {
         Self { etag, last_modified }
     }
 
+    /// Validators of content known by a digest (hex or other tag-safe characters) and the
+    /// time it was made.
+    pub fn for_digest(digest: &str, modified: SystemTime) -> Self {
+        let since_epoch = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let last_modified = UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+        Self { etag: format!("\"{digest}\""), last_modified }
+    }
+
     /// The `ETag` value, quoted.
     pub fn etag(&self) -> &str {
         &self.etag
