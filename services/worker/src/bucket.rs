@@ -121,6 +121,7 @@ impl Bucket<'_> {
             modified: None,
             extension: &extension,
             metadata: json!({ "etag": object.etag }),
+            nfo: None,
         };
         save_video(scan, &item, &facts, &oshash, tally).await
     }

@@ -995,3 +995,70 @@ async fn a_video_without_a_picture_records_why_and_a_missing_ffmpeg_records_noth
     })
     .await;
 }
+
+#[tokio::test]
+async fn nfo_sidecars_name_the_work_and_an_edited_one_is_read_again() {
+    with_database(|pool| async move {
+        let library = tempfile::tempdir().unwrap();
+        let own = library.path().join("rips/disc1.mp4");
+        std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+        make_video(&own, 1);
+        std::fs::write(
+            library.path().join("rips/disc1.nfo"),
+            "<movie><title>Le Samouraï</title><year>1967</year>\
+             <director>Jean-Pierre Melville</director><plot>A hitman.</plot>\
+             <ratings><rating default=\"true\"><value>8.1</value></rating></ratings></movie>\n\
+             https://www.imdb.com/title/tt0062229/\n",
+        )
+        .unwrap();
+        let shared = library.path().join("Some Folder (2010)/video.mp4");
+        std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
+        make_video(&shared, 1);
+        std::fs::write(shared.with_file_name("movie.nfo"), "<movie><plot>Told by the folder.</plot></movie>")
+            .unwrap();
+        // Only a web address: no facts, so the name decides.
+        let bare = library.path().join("Plain Name (1999).mp4");
+        make_video(&bare, 1);
+        std::fs::write(library.path().join("Plain Name (1999).nfo"), "https://example.org/\n").unwrap();
+
+        let state = state(&pool);
+        let folder = json!({ "path": library.path() });
+        let location = add_location(&pool, "Films", StorageType::Local, folder).await;
+        scan(&state, location).await.1.unwrap();
+        let works: Vec<(String, Option<i32>, Option<String>, Option<String>, Option<f64>)> =
+            sqlx::query_as("SELECT title, year, director, description, rating FROM works ORDER BY title")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            works,
+            [
+                ("Le Samouraï".into(), Some(1967), Some("Jean-Pierre Melville".into()), Some("A hitman.".into()), Some(8.1)),
+                ("Plain Name".into(), Some(1999), None, None, None),
+                ("Some Folder".into(), Some(2010), None, Some("Told by the folder.".into()), None),
+            ]
+        );
+
+        // Unchanged videos and sidecars: nothing is probed again.
+        let probes = state.probes.load(Ordering::Relaxed);
+        scan(&state, location).await.1.unwrap();
+        assert_eq!(state.probes.load(Ordering::Relaxed), probes);
+
+        // An edited sidecar (a later modification time) is read again by the next scan.
+        let sidecar = library.path().join("rips/disc1.nfo");
+        std::fs::write(&sidecar, "<movie><title>Le Deuxième Souffle</title><year>1966</year></movie>")
+            .unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&sidecar).unwrap().set_modified(later).unwrap();
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap().videos_updated, 1);
+        let title: String = sqlx::query_scalar(
+            "SELECT w.title FROM videos v JOIN works w ON w.id = v.work_id WHERE v.filename = 'rips/disc1.mp4'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(title, "Le Deuxième Souffle");
+    })
+    .await;
+}

@@ -9,6 +9,7 @@
 mod bucket;
 mod job;
 mod local;
+mod nfo;
 mod oshash;
 mod peer;
 mod probe;

@@ -1,6 +1,7 @@
 //! Scanning a folder: walk it, probe the video files that are new or changed, and mark the
 //! ones that are gone.
 
+use crate::nfo::{self, Nfo, Sidecar};
 use crate::oshash::oshash_file;
 use crate::probe::{self, ProbeError, ProbeFacts};
 use crate::scan::{ScanContext, ScanFailure, Tally};
@@ -139,9 +140,11 @@ async fn index_file(
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
     let present = known.filter(|k| !k.removed);
-    if let Some(known) =
-        present.filter(|k| k.file_size == file.size && k.modified_at == file.modified)
-    {
+    // An edited, added or removed sidecar re-indexes the video, so that its facts show.
+    let nfo_stamp = file.sidecar.as_ref().map(Sidecar::stamp);
+    if let Some(known) = present.filter(|k| {
+        k.file_size == file.size && k.modified_at == file.modified && k.nfo_modified == nfo_stamp
+    }) {
         tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
         return Ok(());
     }
@@ -208,13 +211,22 @@ async fn save_file(
     oshash: &str,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
+    let nfo = match &file.sidecar {
+        Some(sidecar) => nfo::read_sidecar(sidecar).await,
+        None => None,
+    };
+    let metadata = match &file.sidecar {
+        Some(sidecar) => json!({ "nfo_modified": sidecar.stamp() }),
+        None => json!({}),
+    };
     let item = IndexedItem {
         source_key: &file.key,
         name: &file.key,
         size: file.size,
         modified: file.modified,
         extension: &file.extension,
-        metadata: json!({}),
+        metadata,
+        nfo: nfo.as_ref(),
     };
     save_video(scan, &item, facts, oshash, tally).await
 }
@@ -229,6 +241,8 @@ pub(crate) struct IndexedItem<'a> {
     /// Lowercase.
     pub extension: &'a str,
     pub metadata: serde_json::Value,
+    /// What a `.nfo` sidecar says of the work; it wins over the name.
+    pub nfo: Option<&'a Nfo>,
 }
 
 /// Writes a probed item's work and video in one transaction.
@@ -239,10 +253,17 @@ pub(crate) async fn save_video(
     oshash: &str,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
-    let title = title_for(item.name);
+    let named = title_for(item.name);
+    let nfo = item.nfo.cloned().unwrap_or_default();
     let fingerprints = json!({ "oshash": oshash });
     let mut tx = scan.pool().begin().await?;
-    let work = FoundWork { title: &title.title, year: title.year, ..FoundWork::default() };
+    let work = FoundWork {
+        title: nfo.title.as_deref().unwrap_or(&named.title),
+        year: nfo.year.or(named.year),
+        description: nfo.plot.as_deref(),
+        director: nfo.director.as_deref(),
+        rating: nfo.rating,
+    };
     let (work_id, work_change) = ingest::upsert_work(&mut tx, &work).await?;
     let video = FoundVideo {
         work_id,
@@ -300,6 +321,7 @@ pub(crate) struct FoundFile {
     pub modified: Option<DateTime<Utc>>,
     /// Lowercase.
     pub extension: String,
+    pub sidecar: Option<Sidecar>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,6 +405,7 @@ pub(crate) fn walk_folder(root: &Path) -> Walk {
                 size: i64::try_from(meta.len()).unwrap_or(i64::MAX),
                 modified: meta.modified().ok().map(|t| DateTime::<Utc>::from(t).trunc_subsecs(6)),
                 extension,
+                sidecar: nfo::find_sidecar(entry.path()),
             }),
             Err(err) => {
                 let reason = format!("could not be read: {err}");

@@ -30,6 +30,9 @@ pub struct KnownVideo {
     /// The object's ETag when it came from a bucket (kept in `video_metadata.etag`).
     pub etag: Option<String>,
     pub oshash: Option<String>,
+    /// When the `.nfo` sidecar the video was indexed with last changed (kept in
+    /// `video_metadata.nfo_modified`); `None` when it had none.
+    pub nfo_modified: Option<String>,
 }
 
 /// Every video row of a location (present or removed), by source key.
@@ -40,7 +43,8 @@ pub async fn known_videos(
     let rows: Vec<KnownVideo> = sqlx::query_as(
         "SELECT id, work_id, source_key, file_size, modified_at,
                 removed_at IS NOT NULL AS removed, video_metadata->>'etag' AS etag,
-                fingerprints->>'oshash' AS oshash
+                fingerprints->>'oshash' AS oshash,
+                video_metadata->>'nfo_modified' AS nfo_modified
          FROM videos WHERE storage_location_id = $1",
     )
     .bind(location_id)
