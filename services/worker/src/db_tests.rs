@@ -153,13 +153,16 @@ async fn folder_scans_index_new_files_and_rescans_change_nothing() {
             crate::oshash::oshash_file(&root.join("Big Buck Bunny (2008)/bbb.mp4")).unwrap();
         assert_eq!(bbb.fingerprints.0, json!({ "oshash": oshash }));
 
-        // Rescan of the unchanged folder: nothing counted, nothing probed again but the
-        // broken file, nothing written.
+        // Rescan of the unchanged folder: nothing counted, nothing probed again (the broken
+        // file neither: it has not changed), nothing written; the skip is still listed.
         let before = stamps(&pool).await;
-        let (_, counts) = scan(&state, location).await;
+        let (run_id, counts) = scan(&state, location).await;
         assert_eq!(counts.unwrap(), only_seen(2, 2));
-        assert_eq!(state.probes.load(Ordering::Relaxed), 4);
+        assert_eq!(state.probes.load(Ordering::Relaxed), 3);
         assert_eq!(stamps(&pool).await, before);
+        let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
+        assert_eq!(skips[0].path, "broken.mp4");
+        assert!(skips[0].reason.ends_with("(unchanged since an earlier scan; not probed again)"));
 
         // A deleted file is marked removed, and its work has nothing left.
         let kept = root.join("kept.bin");
@@ -177,6 +180,16 @@ async fn folder_scans_index_new_files_and_rescans_change_nothing() {
         let videos: i64 =
             sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&pool).await.unwrap();
         assert_eq!(videos, 2);
+
+        // The broken file is replaced by a real video: it changed, so it is probed and
+        // indexed, and its remembered failure is forgotten.
+        make_video(&root.join("broken.mp4"), 1);
+        let probes = state.probes.load(Ordering::Relaxed);
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap().videos_added, 1);
+        assert_eq!(state.probes.load(Ordering::Relaxed) - probes, 1);
+        let remembered = velour_db::ingest::unindexable_files(&pool, location).await.unwrap();
+        assert!(remembered.is_empty(), "{remembered:?}");
     })
     .await;
 }
@@ -750,13 +763,14 @@ async fn an_odd_library_is_indexed_or_skipped_file_by_file() {
             assert_eq!(total, 1, "{query}: {found:?}");
         }
 
-        // The rescan runs ffprobe only on the three files it could not read before.
+        // The rescan runs ffprobe on no file: the indexed ones are unchanged, and so are
+        // the three it could not read before, whose failures are remembered.
         let probes = state.probes.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
         let (_, counts) = scan(&state, location).await;
         let rescan = started.elapsed();
         assert_eq!(counts.unwrap(), only_seen(6, 6));
-        assert_eq!(state.probes.load(Ordering::Relaxed) - probes, 3);
+        assert_eq!(state.probes.load(Ordering::Relaxed), probes);
         println!("odd library: first scan {first_scan:?}, unchanged rescan {rescan:?}");
         assert!(rescan < first_scan, "{rescan:?} vs {first_scan:?}");
     })

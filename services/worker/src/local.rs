@@ -8,7 +8,7 @@ use crate::scan::{ScanContext, ScanFailure, Tally};
 use crate::title::title_for;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,6 +36,10 @@ pub(crate) async fn scan_folder(
         });
     }
     let known = ingest::known_videos(scan.pool(), scan.location_id).await?;
+    let mut unindexable = Unindexable {
+        known: ingest::unindexable_files(scan.pool(), scan.location_id).await?,
+        still: Vec::new(),
+    };
 
     // Walking is blocking file-system work: off the async threads, so that the worker's
     // heartbeat to Redis keeps its rhythm during a long walk.
@@ -71,11 +75,13 @@ pub(crate) async fn scan_folder(
         if known.is_none() && claim_moved(scan, file, &mut moved_from, tally).await? {
             continue;
         }
-        index_file(scan, file, known, tally).await?;
+        index_file(scan, file, known, &mut unindexable, tally).await?;
     }
 
     // A folder that could not be read entirely may hide files that are still there.
     if walk.complete {
+        ingest::forget_unindexable_except(scan.pool(), scan.location_id, &unindexable.still)
+            .await?;
         let sweep =
             ingest::remove_unseen_videos(scan.pool(), scan.location_id, &tally.seen_video_ids())
                 .await?;
@@ -133,10 +139,18 @@ async fn claim_moved(
     Ok(true)
 }
 
+/// Files that could not be indexed: as earlier scans left them, and those this scan found
+/// still (or newly) unindexable.
+struct Unindexable {
+    known: HashMap<String, ingest::UnindexableFile>,
+    still: Vec<String>,
+}
+
 async fn index_file(
     scan: &ScanContext<'_>,
     file: &FoundFile,
     known: Option<&KnownVideo>,
+    unindexable: &mut Unindexable,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
     let present = known.filter(|k| !k.removed);
@@ -149,10 +163,18 @@ async fn index_file(
         return Ok(());
     }
 
-    // TODO(#3): files skipped for ffprobe's sake are probed again by every rescan; their
-    // size and date could be remembered with the skip.
     if file.size == 0 {
         return keep_or_skip(scan, &file.key, present, "the file is empty", tally).await;
+    }
+    // A file ffprobe could not read is not probed again until its size or date changes.
+    let unchanged_failure = unindexable
+        .known
+        .get(&file.key)
+        .filter(|bad| bad.file_size == file.size && bad.modified_at == file.modified);
+    if let Some(bad) = unchanged_failure {
+        unindexable.still.push(file.key.clone());
+        let reason = format!("{} (unchanged since an earlier scan; not probed again)", bad.reason);
+        return keep_or_skip(scan, &file.key, present, &reason, tally).await;
     }
 
     let worker = &scan.state.worker;
@@ -167,7 +189,21 @@ async fn index_file(
         Err(_) if still_changing(file).await => {
             return keep_or_skip(scan, &file.key, present, STILL_CHANGING, tally).await;
         }
-        Err(err) => return keep_or_skip(scan, &file.key, present, &err.to_string(), tally).await,
+        Err(err) => {
+            let reason = err.to_string();
+            // A timeout may be the machine's load rather than the file: tried again later.
+            if !matches!(err, ProbeError::TimedOut(_)) {
+                let bad = ingest::UnindexableFile {
+                    source_key: file.key.clone(),
+                    file_size: file.size,
+                    modified_at: file.modified,
+                    reason: reason.clone(),
+                };
+                ingest::remember_unindexable(scan.pool(), scan.location_id, &bad).await?;
+                unindexable.still.push(file.key.clone());
+            }
+            return keep_or_skip(scan, &file.key, present, &reason, tally).await;
+        }
     };
 
     let path = file.path.clone();

@@ -332,3 +332,69 @@ pub async fn remove_unseen_videos(
     .await?;
     Ok(sweep)
 }
+
+/// A file a scan could not index, as it was when it failed.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UnindexableFile {
+    pub source_key: String,
+    pub file_size: i64,
+    pub modified_at: Option<DateTime<Utc>>,
+    pub reason: String,
+}
+
+/// The location's files that could not be indexed, by source key.
+pub async fn unindexable_files(
+    pool: &PgPool,
+    location_id: i64,
+) -> Result<HashMap<String, UnindexableFile>, DbError> {
+    let rows: Vec<UnindexableFile> = sqlx::query_as(
+        "SELECT source_key, file_size, modified_at, reason
+         FROM unindexable_files WHERE storage_location_id = $1",
+    )
+    .bind(location_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.source_key.clone(), row)).collect())
+}
+
+/// Remembers that a file, at this size and date, cannot be indexed, and why.
+pub async fn remember_unindexable(
+    pool: &PgPool,
+    location_id: i64,
+    file: &UnindexableFile,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO unindexable_files
+             (storage_location_id, source_key, file_size, modified_at, reason)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (storage_location_id, source_key) DO UPDATE SET
+             file_size = EXCLUDED.file_size, modified_at = EXCLUDED.modified_at,
+             reason = EXCLUDED.reason, recorded_at = now()",
+    )
+    .bind(location_id)
+    .bind(&file.source_key)
+    .bind(file.file_size)
+    .bind(file.modified_at)
+    .bind(&file.reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets every remembered file of the location but `still_unindexable`: after a complete
+/// walk, the others were indexed, changed, or are gone.
+pub async fn forget_unindexable_except(
+    pool: &PgPool,
+    location_id: i64,
+    still_unindexable: &[String],
+) -> Result<(), DbError> {
+    sqlx::query(
+        "DELETE FROM unindexable_files
+         WHERE storage_location_id = $1 AND NOT (source_key = ANY($2))",
+    )
+    .bind(location_id)
+    .bind(still_unindexable)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
