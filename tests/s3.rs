@@ -135,6 +135,8 @@ async fn a_bucket_is_listed_by_pages_streamed_by_range_and_meets_its_local_twin(
     // An unchanged bucket is not probed again; a deleted object is marked removed.
     let again = a.scan(id).await?;
     assert_eq!(counts(&again, "videos"), [3, 0, 0, 0], "{again}");
+    let reason = again["skipped"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.ends_with("(unchanged since an earlier scan; not probed again)"), "{again}");
     let settings = server.settings("films")?;
     settings.client().delete_object().bucket("films").key("library/broken.mp4").send().await?;
     let key = "library/clips/Harbour Lights.webm";

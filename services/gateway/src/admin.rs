@@ -272,7 +272,9 @@ async fn check_bucket(configuration: &Value, secrets: &Value) -> Result<(), ApiE
         S3Error::NotFound(_) => "the bucket does not exist",
         S3Error::AccessDenied(_) => "the store refused these credentials for the bucket",
         S3Error::Unreachable(_) => "the store cannot be reached at this endpoint",
-        S3Error::InvalidRange | S3Error::Failed(_) => "the store failed to answer for the bucket",
+        S3Error::InvalidRange | S3Error::PreconditionFailed | S3Error::Failed(_) => {
+            "the store failed to answer for the bucket"
+        }
     };
     Err(ApiError::bad_request("storage-unreachable", message))
 }

@@ -2,7 +2,7 @@
 //! a short-lived presigned URL, fingerprint them with two ranged reads (never the whole
 //! object), and mark what is gone once the whole listing was read.
 
-use crate::local::{IndexedItem, keep_or_skip, save_video, video_extension};
+use crate::local::{IndexedItem, Unindexable, keep_or_skip, save_video, video_extension};
 use crate::oshash;
 use crate::probe::{self, ProbeError};
 use crate::scan::{ScanContext, ScanFailure, Tally};
@@ -33,6 +33,7 @@ pub(crate) async fn scan_bucket(
     let client = settings.client();
     let bucket = Bucket { client: &client, settings: &settings };
     let known = ingest::known_videos(scan.pool(), scan.location_id).await?;
+    let mut unindexable = Unindexable::load(scan).await?;
     let page_size = scan.state.worker.s3_list_page_size;
 
     let mut continuation = None;
@@ -41,7 +42,8 @@ pub(crate) async fn scan_bucket(
         let page = s3::list_page(&client, &settings, continuation.take(), page_size).await?;
         pages += 1;
         for object in &page.objects {
-            bucket.index_object(scan, object, known.get(&object.key), tally).await?;
+            let known = known.get(&object.key);
+            bucket.index_object(scan, object, known, &mut unindexable, tally).await?;
         }
         match page.next {
             Some(token) if pages < MAX_PAGES => continuation = Some(token),
@@ -57,6 +59,7 @@ pub(crate) async fn scan_bucket(
 
     // Only a listing read to its end shows what is gone.
     let seen = tally.seen_video_ids();
+    unindexable.forget_the_rest(scan).await?;
     let sweep = ingest::remove_unseen_videos(scan.pool(), scan.location_id, &seen).await?;
     tally.swept(sweep);
     Ok(())
@@ -73,6 +76,7 @@ impl Bucket<'_> {
         scan: &ScanContext<'_>,
         object: &S3Object,
         known: Option<&KnownVideo>,
+        unindexable: &mut Unindexable,
         tally: &mut Tally,
     ) -> Result<(), ScanFailure> {
         let name = self.settings.relative_key(&object.key);
@@ -96,6 +100,16 @@ impl Bucket<'_> {
             tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
             return Ok(());
         }
+        let now = ingest::UnindexableFile {
+            source_key: object.key.clone(),
+            file_size: size,
+            modified_at: None,
+            etag: object.etag.clone(),
+            reason: String::new(),
+        };
+        if let Some(reason) = unindexable.unchanged_failure(&now) {
+            return keep_or_skip(scan, &object.key, present, &reason, tally).await;
+        }
 
         let facts = match self.probe(scan, &object.key).await {
             Ok(facts) => facts,
@@ -103,6 +117,7 @@ impl Bucket<'_> {
                 return Err(ScanFailure::ProbeTool { program, reason: source.to_string() });
             }
             Err(err) => {
+                unindexable.remember(scan, now, &err).await?;
                 return keep_or_skip(scan, &object.key, present, &err.to_string(), tally).await;
             }
         };

@@ -36,10 +36,7 @@ pub(crate) async fn scan_folder(
         });
     }
     let known = ingest::known_videos(scan.pool(), scan.location_id).await?;
-    let mut unindexable = Unindexable {
-        known: ingest::unindexable_files(scan.pool(), scan.location_id).await?,
-        still: Vec::new(),
-    };
+    let mut unindexable = Unindexable::load(scan).await?;
 
     // Walking is blocking file-system work: off the async threads, so that the worker's
     // heartbeat to Redis keeps its rhythm during a long walk.
@@ -80,8 +77,7 @@ pub(crate) async fn scan_folder(
 
     // A folder that could not be read entirely may hide files that are still there.
     if walk.complete {
-        ingest::forget_unindexable_except(scan.pool(), scan.location_id, &unindexable.still)
-            .await?;
+        unindexable.forget_the_rest(scan).await?;
         let sweep =
             ingest::remove_unseen_videos(scan.pool(), scan.location_id, &tally.seen_video_ids())
                 .await?;
@@ -141,9 +137,54 @@ async fn claim_moved(
 
 /// Files that could not be indexed: as earlier scans left them, and those this scan found
 /// still (or newly) unindexable.
-struct Unindexable {
+pub(crate) struct Unindexable {
     known: HashMap<String, ingest::UnindexableFile>,
     still: Vec<String>,
+}
+
+impl Unindexable {
+    pub async fn load(scan: &ScanContext<'_>) -> Result<Self, ScanFailure> {
+        let known = ingest::unindexable_files(scan.pool(), scan.location_id).await?;
+        Ok(Self { known, still: Vec::new() })
+    }
+
+    /// Why the file could not be indexed before, if it has not changed since (same size,
+    /// date and ETag): it is not probed again.
+    pub fn unchanged_failure(&mut self, now: &ingest::UnindexableFile) -> Option<String> {
+        let before = self.known.get(&now.source_key)?;
+        let unchanged = before.file_size == now.file_size
+            && before.modified_at == now.modified_at
+            && before.etag == now.etag;
+        if !unchanged {
+            return None;
+        }
+        self.still.push(now.source_key.clone());
+        Some(format!("{} (unchanged since an earlier scan; not probed again)", before.reason))
+    }
+
+    /// Remembers a failure that says something about the file itself; a timeout may be
+    /// the machine's load rather than the file, so it is tried again by the next scan.
+    pub async fn remember(
+        &mut self,
+        scan: &ScanContext<'_>,
+        mut file: ingest::UnindexableFile,
+        err: &ProbeError,
+    ) -> Result<(), ScanFailure> {
+        if matches!(err, ProbeError::TimedOut(_)) {
+            return Ok(());
+        }
+        file.reason = err.to_string();
+        ingest::remember_unindexable(scan.pool(), scan.location_id, &file).await?;
+        self.still.push(file.source_key);
+        Ok(())
+    }
+
+    /// After a complete listing: files not found unindexable again were indexed, changed
+    /// or are gone.
+    pub async fn forget_the_rest(&self, scan: &ScanContext<'_>) -> Result<(), ScanFailure> {
+        ingest::forget_unindexable_except(scan.pool(), scan.location_id, &self.still).await?;
+        Ok(())
+    }
 }
 
 async fn index_file(
@@ -166,14 +207,14 @@ async fn index_file(
     if file.size == 0 {
         return keep_or_skip(scan, &file.key, present, "the file is empty", tally).await;
     }
-    // A file ffprobe could not read is not probed again until its size or date changes.
-    let unchanged_failure = unindexable
-        .known
-        .get(&file.key)
-        .filter(|bad| bad.file_size == file.size && bad.modified_at == file.modified);
-    if let Some(bad) = unchanged_failure {
-        unindexable.still.push(file.key.clone());
-        let reason = format!("{} (unchanged since an earlier scan; not probed again)", bad.reason);
+    let now = ingest::UnindexableFile {
+        source_key: file.key.clone(),
+        file_size: file.size,
+        modified_at: file.modified,
+        etag: None,
+        reason: String::new(),
+    };
+    if let Some(reason) = unindexable.unchanged_failure(&now) {
         return keep_or_skip(scan, &file.key, present, &reason, tally).await;
     }
 
@@ -190,19 +231,8 @@ async fn index_file(
             return keep_or_skip(scan, &file.key, present, STILL_CHANGING, tally).await;
         }
         Err(err) => {
-            let reason = err.to_string();
-            // A timeout may be the machine's load rather than the file: tried again later.
-            if !matches!(err, ProbeError::TimedOut(_)) {
-                let bad = ingest::UnindexableFile {
-                    source_key: file.key.clone(),
-                    file_size: file.size,
-                    modified_at: file.modified,
-                    reason: reason.clone(),
-                };
-                ingest::remember_unindexable(scan.pool(), scan.location_id, &bad).await?;
-                unindexable.still.push(file.key.clone());
-            }
-            return keep_or_skip(scan, &file.key, present, &reason, tally).await;
+            unindexable.remember(scan, now, &err).await?;
+            return keep_or_skip(scan, &file.key, present, &err.to_string(), tally).await;
         }
     };
 

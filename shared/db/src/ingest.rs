@@ -339,6 +339,7 @@ pub struct UnindexableFile {
     pub source_key: String,
     pub file_size: i64,
     pub modified_at: Option<DateTime<Utc>>,
+    pub etag: Option<String>,
     pub reason: String,
 }
 
@@ -348,7 +349,7 @@ pub async fn unindexable_files(
     location_id: i64,
 ) -> Result<HashMap<String, UnindexableFile>, DbError> {
     let rows: Vec<UnindexableFile> = sqlx::query_as(
-        "SELECT source_key, file_size, modified_at, reason
+        "SELECT source_key, file_size, modified_at, etag, reason
          FROM unindexable_files WHERE storage_location_id = $1",
     )
     .bind(location_id)
@@ -365,16 +366,17 @@ pub async fn remember_unindexable(
 ) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO unindexable_files
-             (storage_location_id, source_key, file_size, modified_at, reason)
-         VALUES ($1, $2, $3, $4, $5)
+             (storage_location_id, source_key, file_size, modified_at, etag, reason)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (storage_location_id, source_key) DO UPDATE SET
              file_size = EXCLUDED.file_size, modified_at = EXCLUDED.modified_at,
-             reason = EXCLUDED.reason, recorded_at = now()",
+             etag = EXCLUDED.etag, reason = EXCLUDED.reason, recorded_at = now()",
     )
     .bind(location_id)
     .bind(&file.source_key)
     .bind(file.file_size)
     .bind(file.modified_at)
+    .bind(&file.etag)
     .bind(&file.reason)
     .execute(pool)
     .await?;

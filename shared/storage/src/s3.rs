@@ -237,6 +237,9 @@ pub enum S3Error {
     AccessDenied(String),
     #[error("the requested range lies outside the object")]
     InvalidRange,
+    /// The object is no longer the one a condition (`If-Match`) named.
+    #[error("the object changed")]
+    PreconditionFailed,
     #[error("the store cannot be reached: {0}")]
     Unreachable(String),
     #[error("the store failed: {0}")]
@@ -256,6 +259,7 @@ impl S3Error {
                 let status = service.raw().status().as_u16();
                 match (service.err().code(), status) {
                     (Some("InvalidRange"), _) | (_, 416) => Self::InvalidRange,
+                    (Some("PreconditionFailed"), _) | (_, 412) => Self::PreconditionFailed,
                     (Some("NoSuchKey" | "NoSuchBucket" | "NotFound"), _) | (_, 404) => {
                         Self::NotFound(detail)
                     }

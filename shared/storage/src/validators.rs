@@ -31,6 +31,14 @@ impl Validators {
         Self { etag: format!("\"{digest}\""), last_modified }
     }
 
+    /// Validators a store reported for an object: its `ETag` as sent (quoted) and its
+    /// modification time.
+    pub fn from_store(etag: &str, modified: SystemTime) -> Self {
+        let since_epoch = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let last_modified = UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs());
+        Self { etag: etag.to_owned(), last_modified }
+    }
+
     /// The `ETag` value, quoted.
     pub fn etag(&self) -> &str {
         &self.etag
