@@ -103,6 +103,25 @@ async fn a_bucket_is_listed_by_pages_streamed_by_range_and_meets_its_local_twin(
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()[header::CONTENT_LENGTH], size.to_string().as_str());
 
+    // Conditional requests are decided against the object's own validators.
+    let etag = head.headers()[header::ETAG].to_str()?.to_owned();
+    let revalidated = get(None).header(header::IF_NONE_MATCH, &etag).send().await?;
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(revalidated.headers()[header::ETAG], etag.as_str());
+    assert!(revalidated.bytes().await?.is_empty());
+    let head_revalidated =
+        a.admin(Method::HEAD, &stream).header(header::IF_NONE_MATCH, &etag).send().await?;
+    assert_eq!(head_revalidated.status(), StatusCode::NOT_MODIFIED);
+    let other = get(None).header(header::IF_NONE_MATCH, "\"another\"").send().await?;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(other.bytes().await?.len(), size);
+    let resumed = get(Some("bytes=100-1123")).header(header::IF_RANGE, &etag).send().await?;
+    assert_eq!(resumed.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&resumed.bytes().await?[..], &original[100..1124]);
+    let stale = get(Some("bytes=100-1123")).header(header::IF_RANGE, "\"old\"").send().await?;
+    assert_eq!(stale.status(), StatusCode::OK, "a stale If-Range gets the whole object");
+    assert_eq!(&stale.bytes().await?[..], &original[..]);
+
     // The same file in a folder is the same video by fingerprint, under the same work.
     let folder = a.add_local_location("folder", library.path()).await?;
     a.scan(folder).await?;

@@ -64,12 +64,14 @@ pub struct StreamState {
     signer: Option<UrlSigner>,
     /// Where the worker keeps thumbnails.
     assets: AssetStore,
+    /// Clients of bucket locations, kept between requests.
+    s3_clients: s3::S3Clients,
 }
 
 impl StreamState {
     pub fn new(pool: PgPool, peer: PeerSettings, assets: AssetStore) -> anyhow::Result<Self> {
         let http = velour_peer::http_client(&peer).context("could not build the peer client")?;
-        Ok(Self { pool, http, peer, signer: None, assets })
+        Ok(Self { pool, http, peer, signer: None, assets, s3_clients: s3::S3Clients::default() })
     }
 
     /// Accepts signed stream URLs checked with `signer`.
@@ -172,7 +174,7 @@ async fn find_and_stream(
     match location.location.kind() {
         Some(StorageType::Local) => local::serve(&video, &location, req).await,
         Some(StorageType::Velour) => peer::serve(state, &video, &location, req).await,
-        Some(StorageType::S3) => s3::serve(&video, &location, req).await,
+        Some(StorageType::S3) => s3::serve(&state.s3_clients, &video, &location, req).await,
         None => {
             tracing::error!(
                 location.id = location.location.id,

@@ -6,14 +6,19 @@ use crate::header_str;
 use crate::metered::MeteredStream;
 use poem::http::{HeaderMap, Method, StatusCode, header};
 use poem::{Body, Request, Response};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::io::ReaderStream;
 use velour_db::catalog::VideoRow;
 use velour_db::locations::LocationWithSecrets;
 use velour_storage::s3::aws_sdk_s3::Client;
+use velour_storage::s3::aws_sdk_s3::operation::get_object::GetObjectOutput;
 use velour_storage::s3::aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use velour_storage::s3::{S3Error, S3Settings};
-use velour_storage::{ByteRange, ContentRange, content_type_for, unsatisfied_content_range};
+use velour_storage::{
+    ByteRange, ContentRange, Validators, content_type_for, unsatisfied_content_range,
+};
 
 /// Bytes read from the object per chunk of the streamed body.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -25,8 +30,33 @@ struct ObjectHead {
     last_modified: Option<String>,
 }
 
+/// One S3 client per bucket location, shared by every request to it: each client has its
+/// own connection pool, so a client per request would open a connection per request. A
+/// location whose settings changed gets a new client.
+#[derive(Clone, Default)]
+pub(crate) struct S3Clients {
+    by_location: Arc<Mutex<HashMap<i64, (S3Settings, Client)>>>,
+}
+
+impl S3Clients {
+    fn client_for(&self, location_id: i64, settings: &S3Settings) -> Client {
+        // A poisoned lock only means another request panicked while holding it; the map
+        // itself is still whole.
+        let mut clients = self.by_location.lock().unwrap_or_else(PoisonError::into_inner);
+        match clients.get(&location_id) {
+            Some((known, client)) if known == settings => client.clone(),
+            _ => {
+                let client = settings.client();
+                clients.insert(location_id, (settings.clone(), client.clone()));
+                client
+            }
+        }
+    }
+}
+
 /// Answers a GET or HEAD for a video stored in a bucket.
 pub(crate) async fn serve(
+    clients: &S3Clients,
     video: &VideoRow,
     location: &LocationWithSecrets,
     req: &Request,
@@ -37,37 +67,57 @@ pub(crate) async fn serve(
             tracing::error!(location.id = location_id, error = %e, "bucket location is unusable");
             StreamError::StorageUnavailable
         })?;
-    // TODO(#3): keep one client per location instead of one per request (each has its own
-    // connection pool, so every request opens a new connection to the store).
-    let client = settings.client();
-    let range = single_range(req.headers());
-    let key = video.source_key.as_str();
+    let client = clients.client_for(location_id, &settings);
+    let object =
+        Object { client: &client, settings: &settings, key: &video.source_key, location_id };
+    // Several ranges are answered with the whole object (§14.2 allows it; S3 would do the
+    // same): only a single range is asked of the store.
+    let mut range = header_str(req.headers(), &header::RANGE).and_then(ByteRange::parse);
 
     if req.method() == Method::HEAD {
-        return head(&client, &settings, key, range, location_id).await;
+        return head(&object, range, req.headers()).await;
     }
 
-    // TODO(#3): pass If-None-Match and If-Modified-Since on to the store and answer its
-    // 304; until then a cached copy of a bucket's video is always sent again in full.
-
-    let mut request = client.get_object().bucket(&settings.bucket).key(key);
-    if let Some(range) = range {
-        request = request.range(range.to_string());
-    }
-    let object = match request.send().await {
-        Ok(object) => object,
-        Err(err) => {
-            let err = S3Error::from_sdk(&err);
-            return Err(get_failed(&client, &settings, key, &err, location_id).await);
+    // A conditional request is decided against the object's current validators, read
+    // first with `HeadObject` (§13.2.2). The range is then read on the condition that the
+    // object is still that one, so a range is never cut from a newer version than the one
+    // `If-Range` named (§13.1.5).
+    let mut expected_etag = None;
+    if is_conditional(req.headers()) {
+        let (_, validators) = object.validators().await?;
+        let headers = req.headers();
+        let if_none_match = header_str(headers, &header::IF_NONE_MATCH);
+        let if_modified_since = header_str(headers, &header::IF_MODIFIED_SINCE);
+        if validators.is_not_modified(if_none_match, if_modified_since) {
+            return Ok(not_modified(&validators));
         }
+        if !validators.range_is_current(header_str(headers, &header::IF_RANGE)) {
+            range = None;
+        }
+        if range.is_some() {
+            expected_etag = Some(validators.etag().to_owned());
+        }
+    }
+
+    let got = match object.get(range, expected_etag.as_deref()).await {
+        // It changed between the two requests: the whole new object is a correct answer.
+        Err(S3Error::PreconditionFailed) => {
+            range = None;
+            object.get(None, None).await
+        }
+        other => other,
+    };
+    let got = match got {
+        Ok(got) => got,
+        Err(err) => return Err(get_failed(&object, &err).await),
     };
 
     let head = ObjectHead {
-        length: object.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-        etag: object.e_tag().map(str::to_owned),
-        last_modified: object.last_modified().and_then(http_date),
+        length: got.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        etag: got.e_tag().map(str::to_owned),
+        last_modified: got.last_modified().and_then(http_date),
     };
-    let answered = object.content_range().and_then(ContentRange::parse);
+    let answered = got.content_range().and_then(ContentRange::parse);
     let partial = match (range, answered) {
         (Some(range), Some(answered)) if range.is_answered_by(answered) => Some(answered),
         // A store that ignores a range sends the whole object: that is a 200, not a 206.
@@ -83,41 +133,88 @@ pub(crate) async fn serve(
         }
     };
 
-    let response = headers_for(key, &head, partial.map(|p| content_range_value(&p)));
-    let stream = ReaderStream::with_capacity(object.body.into_async_read(), CHUNK_BYTES);
+    let response = headers_for(object.key, &head, partial.map(|p| content_range_value(&p)));
+    let stream = ReaderStream::with_capacity(got.body.into_async_read(), CHUNK_BYTES);
     tracing::debug!(bytes = head.length, partial = partial.is_some(), "stream started");
     let metered = MeteredStream::new(stream, video.id, Some(head.length));
     Ok(response.body(Body::from_bytes_stream(metered)))
 }
 
-/// The request's one range. Several ranges are answered with the whole object (§14.2
-/// allows it; S3 would do the same). With `If-Range` the whole object is sent as well:
-/// the store cannot compare it for us, and a full answer is always a correct one (§13.1.5).
-fn single_range(headers: &HeaderMap) -> Option<ByteRange> {
-    if headers.contains_key(header::IF_RANGE) {
-        return None;
-    }
-    header_str(headers, &header::RANGE).and_then(ByteRange::parse)
+/// One object of a bucket location.
+struct Object<'a> {
+    client: &'a Client,
+    settings: &'a S3Settings,
+    key: &'a str,
+    location_id: i64,
 }
 
-/// HEAD: the object's size from `HeadObject`, and the range resolved against it here.
+impl Object<'_> {
+    /// The object's size and validators, from `HeadObject`.
+    async fn validators(&self) -> Result<(u64, Validators), StreamError> {
+        let object = self
+            .client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(self.key)
+            .send()
+            .await
+            .map_err(|e| storage_failed(&S3Error::from_sdk(&e), self.location_id))?;
+        let size = object.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let modified = object
+            .last_modified()
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        // A store that sends no ETag gets an empty one, which no client's tag matches.
+        let etag = object.e_tag().unwrap_or("\"\"");
+        Ok((size, Validators::from_store(etag, modified)))
+    }
+
+    /// `GetObject`, for `range` if any, and only while the object's ETag is `if_match`.
+    async fn get(
+        &self,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<GetObjectOutput, S3Error> {
+        let mut request = self.client.get_object().bucket(&self.settings.bucket).key(self.key);
+        if let Some(range) = range {
+            request = request.range(range.to_string());
+        }
+        if let Some(etag) = if_match {
+            request = request.if_match(etag);
+        }
+        request.send().await.map_err(|e| S3Error::from_sdk(&e))
+    }
+}
+
+fn is_conditional(headers: &HeaderMap) -> bool {
+    [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_RANGE]
+        .iter()
+        .any(|name| headers.contains_key(name))
+}
+
+fn not_modified(validators: &Validators) -> Response {
+    Response::builder()
+        .status(StatusCode::NOT_MODIFIED)
+        .header(header::ETAG, validators.etag())
+        .header(header::LAST_MODIFIED, validators.last_modified())
+        .finish()
+}
+
+/// HEAD: the object's size and validators from `HeadObject`, the conditions and the range
+/// decided against them here, as GET would.
 async fn head(
-    client: &Client,
-    settings: &S3Settings,
-    key: &str,
+    object: &Object<'_>,
     range: Option<ByteRange>,
-    location_id: i64,
+    headers: &HeaderMap,
 ) -> Result<Response, StreamError> {
-    let object = client
-        .head_object()
-        .bucket(&settings.bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| storage_failed(&S3Error::from_sdk(&e), location_id))?;
-    let size = object.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-    let etag = object.e_tag().map(str::to_owned);
-    let last_modified = object.last_modified().and_then(http_date);
+    let (size, validators) = object.validators().await?;
+    let if_none_match = header_str(headers, &header::IF_NONE_MATCH);
+    let if_modified_since = header_str(headers, &header::IF_MODIFIED_SINCE);
+    if validators.is_not_modified(if_none_match, if_modified_since) {
+        return Ok(not_modified(&validators));
+    }
+    let if_range = header_str(headers, &header::IF_RANGE);
+    let range = range.filter(|_| validators.range_is_current(if_range));
 
     let span = match range.map(|r| r.resolve(size)) {
         Some(Err(_)) => return Err(StreamError::RangeNotSatisfiable { size: Some(size) }),
@@ -128,8 +225,12 @@ async fn head(
         Some(span) => (span.len(), Some(span.content_range(size))),
         None => (size, None),
     };
-    let head = ObjectHead { length, etag, last_modified };
-    Ok(headers_for(key, &head, content_range).body(Body::empty()))
+    let head = ObjectHead {
+        length,
+        etag: Some(validators.etag().to_owned()),
+        last_modified: Some(validators.last_modified()),
+    };
+    Ok(headers_for(object.key, &head, content_range).body(Body::empty()))
 }
 
 /// The status and headers of a 200 or 206.
@@ -170,18 +271,11 @@ fn http_date(date: &DateTime) -> Option<String> {
 
 /// A failed `GetObject`. An unsatisfiable range is a 416 that names the object's size,
 /// which the store's error does not carry: one `HeadObject` finds it.
-async fn get_failed(
-    client: &Client,
-    settings: &S3Settings,
-    key: &str,
-    err: &S3Error,
-    location_id: i64,
-) -> StreamError {
+async fn get_failed(object: &Object<'_>, err: &S3Error) -> StreamError {
     if *err != S3Error::InvalidRange {
-        return storage_failed(err, location_id);
+        return storage_failed(err, object.location_id);
     }
-    let head = client.head_object().bucket(&settings.bucket).key(key).send().await;
-    let size = head.ok().and_then(|h| h.content_length()).and_then(|n| u64::try_from(n).ok());
+    let size = object.validators().await.ok().map(|(size, _)| size);
     tracing::debug!(size, content_range = size.map(unsatisfied_content_range), "range refused");
     StreamError::RangeNotSatisfiable { size }
 }
@@ -194,7 +288,10 @@ fn storage_failed(err: &S3Error, location_id: i64) -> StreamError {
             StreamError::FileMissing
         }
         S3Error::InvalidRange => StreamError::RangeNotSatisfiable { size: None },
-        S3Error::AccessDenied(_) | S3Error::Unreachable(_) | S3Error::Failed(_) => {
+        S3Error::AccessDenied(_)
+        | S3Error::Unreachable(_)
+        | S3Error::PreconditionFailed
+        | S3Error::Failed(_) => {
             tracing::error!(location.id = location_id, error = %err, "bucket unavailable");
             StreamError::StorageUnavailable
         }

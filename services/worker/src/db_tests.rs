@@ -1039,7 +1039,8 @@ async fn nfo_sidecars_name_the_work_and_an_edited_one_is_read_again() {
         let folder = json!({ "path": library.path() });
         let location = add_location(&pool, "Films", StorageType::Local, folder).await;
         scan(&state, location).await.1.unwrap();
-        let works: Vec<(String, Option<i32>, Option<String>, Option<String>, Option<f64>)> =
+        type WorkFacts = (String, Option<i32>, Option<String>, Option<String>, Option<f64>);
+        let works: Vec<WorkFacts> =
             sqlx::query_as("SELECT title, year, director, description, rating FROM works ORDER BY title")
                 .fetch_all(&pool)
                 .await
