@@ -9,8 +9,8 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 use velour_core::Permissions;
 use velour_core::settings::{
-    DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, SigningSettings,
-    StreamAddrSettings, WorkerSettings,
+    DatabaseSettings, FederationSettings, GatewaySettings, PeerSettings, RedisSettings,
+    SigningSettings, StreamAddrSettings, WorkerSettings,
 };
 use velour_db::keys::KeyOwner;
 
@@ -36,6 +36,8 @@ enum Command {
         stream: StreamAddrSettings,
         #[command(flatten)]
         signing: SigningSettings,
+        #[command(flatten)]
+        federation: FederationSettings,
     },
     /// Run a worker that takes scan jobs from Redis.
     Worker {
@@ -47,6 +49,8 @@ enum Command {
         worker: WorkerSettings,
         #[command(flatten)]
         peer: PeerSettings,
+        #[command(flatten)]
+        federation: FederationSettings,
     },
     /// Run the stream service.
     Stream {
@@ -89,6 +93,8 @@ struct UpArgs {
     peer: PeerSettings,
     #[command(flatten)]
     signing: SigningSettings,
+    #[command(flatten)]
+    federation: FederationSettings,
 }
 
 #[derive(Subcommand)]
@@ -139,13 +145,13 @@ async fn main() -> anyhow::Result<()> {
     });
 
     match cli.command {
-        Command::Gateway { db, redis, gateway, stream, signing } => {
+        Command::Gateway { db, redis, gateway, stream, signing, federation } => {
             let stop = stop.cancelled_owned();
-            velour_gateway::run(&db, &redis, &gateway, &stream, &signing, stop).await
+            velour_gateway::run(&db, &redis, &gateway, &stream, &signing, &federation, stop).await
         }
-        Command::Worker { db, redis, worker, peer } => {
-            velour_worker::run_from_settings(&db, &redis, &worker, &peer, stop.cancelled_owned())
-                .await
+        Command::Worker { db, redis, worker, peer, federation } => {
+            let stop = stop.cancelled_owned();
+            velour_worker::run_from_settings(&db, &redis, &worker, &peer, &federation, stop).await
         }
         Command::Stream { db, stream, peer, signing } => {
             velour_stream::run(&db, &stream, &peer, &signing, stop.cancelled_owned()).await
@@ -180,6 +186,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.gateway,
         &args.stream,
         &args.signing,
+        &args.federation,
         stop.clone().cancelled_owned(),
     );
     let stream = velour_stream::run(
@@ -194,6 +201,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.redis,
         &args.worker,
         &args.peer,
+        &args.federation,
         stop.clone().cancelled_owned(),
     );
     let guard = stop.clone().drop_guard();

@@ -1,4 +1,5 @@
-//! The apalis worker that takes `ScanLocation` jobs off the Redis queue.
+//! The apalis worker that takes `ScanLocation` jobs off the Redis queue (and starts the
+//! one for `TestConnection` jobs beside it).
 
 use crate::{ScanError, WorkerState, scan_location};
 use anyhow::Context as _;
@@ -40,7 +41,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
+pub(crate) type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
 
 /// Runs workers until `shutdown` resolves.
 pub async fn run(
@@ -51,7 +52,11 @@ pub async fn run(
     let conn = velour_jobs::connect(redis_url.as_str())
         .await
         .with_context(|| format!("REDIS_URL: could not connect to {}", redact_url(redis_url)))?;
-    run_on(state, velour_jobs::scan_storage(conn), shutdown).await
+    let shutdown: ShutdownSignal = shutdown.boxed().shared();
+    let tests = velour_jobs::test_connection_storage(conn.clone());
+    let tests = crate::connection_test::run_on(state.clone(), tests, shutdown.clone());
+    let scans = run_on(state, velour_jobs::scan_storage(conn), shutdown);
+    tokio::try_join!(scans, tests).map(|_| ())
 }
 
 /// Runs workers on the given queue (tests give each run a queue of its own).

@@ -7,6 +7,7 @@
 //! counts) or failed (with a message people can act on).
 
 mod bucket;
+mod connection_test;
 mod job;
 mod local;
 mod oshash;
@@ -18,6 +19,7 @@ mod title;
 #[cfg(test)]
 mod db_tests;
 
+pub use connection_test::test_connection;
 pub use job::run;
 pub use scan::{ScanError, ScanFailure, scan_location};
 
@@ -26,7 +28,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-use velour_core::settings::{DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings};
+use velour_core::settings::{
+    DatabaseSettings, FederationSettings, PeerSettings, RedisSettings, WorkerSettings,
+};
 
 /// What every scan needs: the catalog and the settings. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -34,6 +38,7 @@ pub struct WorkerState {
     pool: sqlx::PgPool,
     worker: WorkerSettings,
     peer: PeerSettings,
+    federation: FederationSettings,
     /// How long a scan waits for the location lock (shortened by tests).
     lock_wait: Duration,
     /// ffprobe runs started, so tests can tell that unchanged files are not probed again.
@@ -42,7 +47,20 @@ pub struct WorkerState {
 
 impl WorkerState {
     pub fn new(pool: sqlx::PgPool, worker: WorkerSettings, peer: PeerSettings) -> Self {
-        Self { pool, worker, peer, lock_wait: scan::LOCK_WAIT, probes: Arc::default() }
+        Self {
+            pool,
+            worker,
+            peer,
+            federation: FederationSettings::default(),
+            lock_wait: scan::LOCK_WAIT,
+            probes: Arc::default(),
+        }
+    }
+
+    /// Scans peers (and rotates the keys we hold for them) as `federation` says.
+    pub fn with_federation(mut self, federation: FederationSettings) -> Self {
+        self.federation = federation;
+        self
     }
 }
 
@@ -57,6 +75,8 @@ pub struct WorkerArgs {
     pub worker: WorkerSettings,
     #[command(flatten)]
     pub peer: PeerSettings,
+    #[command(flatten)]
+    pub federation: FederationSettings,
 }
 
 /// Connects to (and migrates) the catalog, then runs workers until `shutdown` resolves.
@@ -65,13 +85,15 @@ pub async fn run_from_settings(
     redis: &RedisSettings,
     worker: &WorkerSettings,
     peer: &PeerSettings,
+    federation: &FederationSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool = velour_db::connect_and_migrate(database).await.with_context(|| {
         let url = velour_core::settings::redact_url(&database.database_url);
         format!("DATABASE_URL: could not open the catalog at {url}")
     })?;
-    let state = WorkerState::new(pool, worker.clone(), peer.clone());
+    let state =
+        WorkerState::new(pool, worker.clone(), peer.clone()).with_federation(federation.clone());
     run(state, &redis.redis_url, shutdown).await
 }
 
@@ -80,5 +102,6 @@ pub async fn run_from_args(
     args: &WorkerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_from_settings(&args.database, &args.redis, &args.worker, &args.peer, shutdown).await
+    let (database, redis, federation) = (&args.database, &args.redis, &args.federation);
+    run_from_settings(database, redis, &args.worker, &args.peer, federation, shutdown).await
 }
