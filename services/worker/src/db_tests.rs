@@ -832,3 +832,47 @@ async fn a_moved_file_keeps_its_row_and_its_work_without_a_new_probe() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn peer_scans_queued_before_federation_was_paused_are_refused_at_job_time() {
+    with_database(|pool| async move {
+        let config = json!({ "remote_instance_url": "http://127.0.0.1:9/" });
+        let location = add_location(&pool, "Peer", StorageType::Velour, config).await;
+        let permissions = velour_core::Permissions::default();
+        let key = velour_db::connections::ConnectionKey::Issue {
+            name: "peer",
+            permissions,
+            expires_at: None,
+        };
+        let new = velour_db::connections::NewConnection {
+            remote_instance_url: "http://127.0.0.1:9/",
+            storage_location_id: Some(location),
+            key,
+        };
+        velour_db::connections::create_connection(&pool, new).await.unwrap();
+
+        // A pending connection's location is not scanned, whatever queued the job.
+        let (run_id, outcome) = scan(&state(&pool), location).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(ScanError::Failed(ScanFailure::ConnectionInactive(
+                    velour_core::ConnectionStatus::Pending
+                )))
+            ),
+            "{outcome:?}"
+        );
+        let error = get_scan_run(&pool, run_id).await.unwrap().error.unwrap_or_default();
+        assert!(error.contains("connection is pending"), "{error}");
+
+        // With federation off, no peer is scanned at all.
+        let off =
+            velour_core::settings::FederationSettings { enabled: false, ..Default::default() };
+        let (_, outcome) = scan(&state(&pool).with_federation(off), location).await;
+        assert!(
+            matches!(outcome, Err(ScanError::Failed(ScanFailure::FederationDisabled))),
+            "{outcome:?}"
+        );
+    })
+    .await;
+}

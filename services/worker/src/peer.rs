@@ -31,8 +31,8 @@ pub(crate) async fn scan_peer(
 ) -> Result<(), ScanFailure> {
     check_peer_scan_allowed(scan).await?;
     let client = peer_client(scan, location)?;
-    let client = rotate_key_if_expiring(scan, client).await?;
     client.ping().await?;
+    let client = rotate_key_if_expiring(scan, client).await?;
     let instance = client.instance().await?;
     info!(
         peer.name = %instance.name,
