@@ -438,6 +438,27 @@ mod tests {
     }
 
     #[test]
+    fn federation_defaults_are_the_documented_ones() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            federation: FederationSettings,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["velour"]).unwrap().federation;
+        let documented = FederationSettings::default();
+        assert_eq!(parsed.enabled, documented.enabled);
+        assert_eq!(parsed.max_connections, 10);
+        assert_eq!(parsed.token_lifetime(), None);
+        assert_eq!(parsed.rotation_grace(), chrono::Duration::hours(24));
+
+        let off =
+            ["velour", "--federation-enabled", "false", "--federation-token-expiry-hours", "2"];
+        let parsed = <Cli as clap::Parser>::try_parse_from(off).unwrap().federation;
+        assert!(!parsed.enabled);
+        assert_eq!(parsed.token_lifetime(), Some(chrono::Duration::hours(2)));
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         let url = Url::parse("postgres://u:secret@h/db").unwrap();
         assert!(!redact_url(&url).contains("secret"));
