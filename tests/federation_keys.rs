@@ -379,6 +379,24 @@ async fn the_connection_cap_and_the_federation_switch_are_enforced() -> anyhow::
     assert_code(&missing, StatusCode::NOT_FOUND, "not-found");
     let test = admin(&a, Method::POST, &format!("{path}/{first}/test"), None).await?;
     assert_code(&test, StatusCode::CONFLICT, "connection-has-no-location");
+    let folder = tempfile::tempdir()?;
+    let local = a.add_local_location("not a peer", folder.path()).await?;
+    let body = json!({ "remote_instance_url": "https://x.example/", "storage_location_id": local });
+    let not_peer = admin(&a, Method::POST, path, Some(body)).await?;
+    assert_code(&not_peer, StatusCode::BAD_REQUEST, "invalid-connection");
+
+    // An existing key may be tied to one connection, if it is a member's usable key.
+    let name = json!({ "name": "given" });
+    let given = id(&a.post_json("/api/v1/admin/keys", &name, StatusCode::CREATED).await?)?;
+    let body = json!({ "remote_instance_url": "https://given.example/", "api_key_id": given });
+    let tied = admin(&a, Method::POST, path, Some(body.clone())).await?;
+    assert_eq!(tied.0, StatusCode::CREATED, "{}", tied.1);
+    assert_eq!((tied.1["key"].clone(), tied.1["api_key_id"].clone()), (Value::Null, json!(given)));
+    let again = admin(&a, Method::POST, path, Some(body)).await?;
+    assert_code(&again, StatusCode::CONFLICT, "connection-exists");
+    let body = json!({ "remote_instance_url": "https://admin.example/", "api_key_id": 1 });
+    let admin_key = admin(&a, Method::POST, path, Some(body)).await?;
+    assert_code(&admin_key, StatusCode::CONFLICT, "key-not-usable");
     a.stop().await?;
 
     let off = FederationSettings { enabled: false, ..Default::default() };

@@ -59,8 +59,8 @@ fn refused(code: &'static str, message: &str) -> DbError {
 }
 
 /// Creates a pending connection, issuing its key if asked to (the clear key is returned
-/// once, here). An existing key must be a member's key that is neither revoked nor tied
-/// to another connection.
+/// once, here). An existing key must be a member's key that is not revoked, expired,
+/// rotated or tied to another connection.
 pub async fn create_connection(
     pool: &PgPool,
     new: NewConnection<'_>,
@@ -126,8 +126,8 @@ async fn check_key_is_free(tx: &mut PgConnection, id: i64) -> Result<(), DbError
     if is_admin {
         return Err(refused("key-not-usable", "an administrator's key cannot be given to a peer"));
     }
-    if key.state(Utc::now()) != "active" {
-        return Err(refused("key-not-usable", "the key is revoked or expired"));
+    if key.state(Utc::now()) != "active" || key.replaced_by.is_some() {
+        return Err(refused("key-not-usable", "the key is revoked, expired or rotated"));
     }
     if key.connection_id.is_some() {
         return Err(refused("connection-exists", "this key already belongs to a connection"));
