@@ -507,6 +507,7 @@ async fn the_worker_rotates_a_peer_key_that_expires_within_the_grace_window() ->
     let own = call(&a, Method::GET, "/api/v1/keys/self", &held, None).await?;
     let shown = a.get_json(&format!("/api/v1/admin/federation_connections/{}", id(&on_a)?)).await?;
     assert_eq!(shown["api_key_id"], own.1["id"]);
+    assert_eq!(shown["api_key_expires_at"], own.1["expires_at"]);
     assert!(own.1["expires_at"].is_string(), "{}", own.1);
     let old = call(&a, Method::GET, "/api/v1/keys/self", &old_key, None).await?;
     assert_eq!(old.1["replaced_by"], own.1["id"]);

@@ -45,6 +45,8 @@ pub struct FederationConnection {
     pub status: String,
     /// The key we issued to the peer (its current one, after rotations).
     pub api_key_id: i64,
+    /// When that key expires; null when it never does.
+    pub api_key_expires_at: Option<DateTime<Utc>>,
     /// The `velour` storage location through which we read the peer.
     pub storage_location_id: Option<i64>,
     pub created_at: DateTime<Utc>,
@@ -134,6 +136,7 @@ pub(crate) fn connection_json(row: ConnectionRow) -> FederationConnection {
         remote_instance_url: row.remote_instance_url,
         status: row.status,
         api_key_id: row.api_key_id,
+        api_key_expires_at: row.api_key_expires_at,
         storage_location_id: row.storage_location_id,
         created_at: row.created_at,
         updated_at: row.updated_at,

@@ -23,6 +23,8 @@ pub struct ConnectionRow {
     pub last_test_peer_version: Option<String>,
     pub last_test_error: Option<String>,
     pub last_tested_at: Option<DateTime<Utc>>,
+    /// When the connection's current key expires (`None`: never).
+    pub api_key_expires_at: Option<DateTime<Utc>>,
 }
 
 impl ConnectionRow {
@@ -35,7 +37,8 @@ impl ConnectionRow {
 
 const COLUMNS: &str = "id, api_key_id, storage_location_id, remote_instance_url, status,
     created_at, updated_at, last_test_reachable, last_test_latency_ms, last_test_peer_version,
-    last_test_error, last_tested_at";
+    last_test_error, last_tested_at,
+    (SELECT k.expires_at FROM api_keys k WHERE k.id = api_key_id) AS api_key_expires_at";
 
 /// The key a new connection is tied to.
 #[derive(Clone, Copy, Debug)]
