@@ -212,3 +212,44 @@ pub async fn render_any_error(err: poem::Error) -> Response {
     };
     error.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_and_code(error: ApiError) -> (u16, String) {
+        match error {
+            ApiError::Unauthorized(Json(body), challenge) => {
+                assert_eq!(challenge, BEARER_CHALLENGE);
+                (401, body.code)
+            }
+            ApiError::Forbidden(Json(body)) => (403, body.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_keys_get_their_own_status_and_code() {
+        let cases = [
+            (KeyRefusal::Unknown, 401, "unauthorized"),
+            (KeyRefusal::Expired, 401, "key-expired"),
+            (KeyRefusal::Revoked, 401, "key-revoked"),
+            (KeyRefusal::Connection(ConnectionStatus::Pending), 403, "connection-pending"),
+            (KeyRefusal::Connection(ConnectionStatus::Suspended), 403, "connection-suspended"),
+            (KeyRefusal::Connection(ConnectionStatus::Rejected), 403, "connection-rejected"),
+        ];
+        for (refusal, status, code) in cases {
+            let got = status_and_code(ApiError::key_refused(refusal));
+            assert_eq!(got, (status, code.to_owned()), "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_with_a_code_keep_it_as_a_conflict() {
+        let refused = DbError::Refused { code: "connection-limit-reached", message: "m".into() };
+        match ApiError::from_db(refused, "connection") {
+            ApiError::Conflict(Json(body)) => assert_eq!(body.code, "connection-limit-reached"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

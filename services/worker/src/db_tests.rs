@@ -876,3 +876,54 @@ async fn peer_scans_queued_before_federation_was_paused_are_refused_at_job_time(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_connection_test_records_an_unreachable_peer_and_a_switched_off_federation() {
+    with_database(|pool| async move {
+        // A port nobody listens on: bound, then closed.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", closed.local_addr().unwrap());
+        drop(closed);
+        let config = json!({ "remote_instance_url": url });
+        let location = add_location(&pool, "Dead peer", StorageType::Velour, config).await;
+        let key = velour_db::connections::ConnectionKey::Existing(
+            velour_db::keys::create_api_key(
+                &pool,
+                velour_db::keys::KeyOwner::Member,
+                "peer",
+                velour_core::Permissions::default(),
+            )
+            .await
+            .unwrap()
+            .0
+            .id,
+        );
+        let new = velour_db::connections::NewConnection {
+            remote_instance_url: &url,
+            storage_location_id: Some(location),
+            key,
+        };
+        let (connection, issued) =
+            velour_db::connections::create_connection(&pool, new).await.unwrap();
+        assert!(issued.is_none(), "an existing key is not issued again");
+
+        let outcome = crate::test_connection(&state(&pool), connection.id).await.unwrap();
+        assert!(!outcome.reachable && outcome.peer_version.is_none(), "{outcome:?}");
+        assert!(outcome.error.as_deref().is_some_and(|e| e.contains("/api/v1/ping")));
+        let stored = velour_db::connections::get_connection(&pool, connection.id).await.unwrap();
+        assert_eq!(stored.last_test_reachable, Some(false));
+        assert!(stored.last_tested_at.is_some());
+
+        let off =
+            velour_core::settings::FederationSettings { enabled: false, ..Default::default() };
+        let state = state(&pool).with_federation(off);
+        let outcome = crate::test_connection(&state, connection.id).await.unwrap();
+        assert!(outcome.error.as_deref().is_some_and(|e| e.contains("FEDERATION_ENABLED")));
+
+        // A connection deleted before its test ran is not an error worth retrying.
+        velour_db::connections::delete_connection(&pool, connection.id).await.unwrap();
+        let gone = crate::test_connection(&state, connection.id).await;
+        assert!(matches!(gone, Err(velour_db::DbError::NotFound)), "{gone:?}");
+    })
+    .await;
+}
