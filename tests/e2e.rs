@@ -1,6 +1,7 @@
 //! End to end: two real instances on loopback federate a library of real videos.
 
 mod browser;
+mod federation_keys;
 mod peer_faults;
 mod s3;
 mod signed_urls;
@@ -191,6 +192,16 @@ async fn every_endpoint_needs_a_key_and_its_permission() -> anyhow::Result<()> {
         (Method::GET, format!("/api/v1/admin/storage_locations/{folder}"), &read_only),
         (Method::POST, format!("/api/v1/admin/storage_locations/{folder}/scans"), &read_only),
         (Method::GET, format!("/api/v1/admin/scan_runs/{run_id}"), &read_only),
+        (Method::GET, "/api/v1/admin/keys".into(), &read_only),
+        (Method::POST, "/api/v1/admin/keys".into(), &read_only),
+        (Method::GET, "/api/v1/admin/keys/1".into(), &read_only),
+        (Method::DELETE, "/api/v1/admin/keys/1".into(), &read_only),
+        (Method::GET, "/api/v1/admin/federation_connections".into(), &read_only),
+        (Method::POST, "/api/v1/admin/federation_connections".into(), &read_only),
+        (Method::GET, "/api/v1/admin/federation_connections/1".into(), &read_only),
+        (Method::PATCH, "/api/v1/admin/federation_connections/1".into(), &read_only),
+        (Method::DELETE, "/api/v1/admin/federation_connections/1".into(), &read_only),
+        (Method::POST, "/api/v1/admin/federation_connections/1/test".into(), &read_only),
     ];
     let body = json!({"name": "x", "storage_type": "local", "configuration": {"path": "/tmp"}});
     for (method, path, lacking) in &endpoints {

@@ -133,11 +133,10 @@ async fn signed_urls_play_without_a_key_until_they_expire_or_the_key_is_revoked(
     }
 
     // Revoking the key ends its URLs at once.
-    sqlx::query("UPDATE api_keys SET active = FALSE WHERE id = $1")
-        .bind(key_id)
-        .execute(a.pool())
-        .await?;
-    assert_refused(fetch(&a, &url, None).await?, "unauthorized", "revoked").await;
+    let revoke = format!("/api/v1/admin/keys/{key_id}");
+    let revoked = a.admin(reqwest::Method::DELETE, &revoke).send().await?;
+    velour_tests::expect_json(revoked, StatusCode::OK).await?;
+    assert_refused(fetch(&a, &url, None).await?, "key-revoked", "revoked").await;
 
     a.stop().await?;
     b.stop().await?;

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 use velour_core::Permissions;
 use velour_core::settings::{
-    DatabaseSettings, PeerSettings, RedisSettings, SigningSettings, WorkerSettings,
+    DatabaseSettings, FederationSettings, PeerSettings, RedisSettings, SigningSettings,
+    WorkerSettings,
 };
 use velour_db::keys::KeyOwner;
 use velour_storage::AssetStore;
@@ -186,19 +187,29 @@ impl Instance {
 
     /// An instance whose worker has the given settings.
     pub async fn start_with(name: &str, worker: WorkerSettings) -> anyhow::Result<Self> {
-        Self::start_configured(name, worker, PeerSettings::default()).await
+        Self::start_configured(name, worker, PeerSettings::default(), Default::default()).await
+    }
+
+    /// An instance whose gateway and worker federate as `federation` says.
+    pub async fn start_with_federation(
+        name: &str,
+        federation: FederationSettings,
+    ) -> anyhow::Result<Self> {
+        Self::start_configured(name, WorkerSettings::default(), PeerSettings::default(), federation)
+            .await
     }
 
     /// An instance whose stream service and worker talk to peers with `peer` (short
     /// timeouts, for tests of misbehaving peers).
     pub async fn start_with_peer(name: &str, peer: PeerSettings) -> anyhow::Result<Self> {
-        Self::start_configured(name, WorkerSettings::default(), peer).await
+        Self::start_configured(name, WorkerSettings::default(), peer, Default::default()).await
     }
 
     async fn start_configured(
         name: &str,
         worker: WorkerSettings,
         peer: PeerSettings,
+        federation: FederationSettings,
     ) -> anyhow::Result<Self> {
         init_test_logs();
         let db = TestDb::create().await?;
@@ -229,8 +240,10 @@ impl Instance {
             format!("Velour {name}"),
         )
         .await?
-        .with_url_signing(signer, signing.signed_url_ttl());
-        let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer, assets);
+        .with_url_signing(signer, signing.signed_url_ttl())
+        .with_federation(federation.clone());
+        let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer, assets)
+            .with_federation(federation);
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(velour_stream::serve(

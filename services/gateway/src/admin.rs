@@ -1,9 +1,9 @@
-//! The admin API: keys, storage locations and scans. Only keys of admin users may call it.
+//! The admin API: key issuing, storage locations and scans. Only keys of admin users may call it.
 
 use crate::GatewayState;
 use crate::auth::AdminKeyAuth;
 use crate::catalog::ApiTags;
-use crate::error::ApiError;
+use crate::error::{ApiError, connection_code};
 use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::Path;
@@ -13,8 +13,8 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use url::Url;
-use velour_core::{Permissions, StorageType};
-use velour_db::keys::KeyOwner;
+use velour_core::{ConnectionStatus, Permissions, StorageType};
+use velour_db::keys::{KeyOwner, NewKey};
 use velour_db::locations::{LocationRow, NewLocation};
 use velour_db::scans::ScanRunRow;
 use velour_storage::s3::{S3Error, S3Settings};
@@ -40,6 +40,9 @@ pub struct NewApiKey {
     pub name: String,
     #[oai(default)]
     pub permissions: KeyPermissions,
+    /// When the key stops working (must be in the future); omit for a key that never
+    /// expires.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Object)]
@@ -52,6 +55,8 @@ pub struct CreatedApiKey {
     pub key_prefix: String,
     pub permissions: KeyPermissions,
     pub created_at: DateTime<Utc>,
+    /// When the key stops working; null for a key that never expires.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(ApiResponse)]
@@ -171,12 +176,71 @@ fn scan_run_json(row: ScanRunRow, skipped: Vec<SkippedFile>) -> ScanRun {
     }
 }
 
+/// Issues a member's key as the admin API asks: checked name, permissions, optional expiry.
+pub(crate) async fn issue_member_key(
+    state: &GatewayState,
+    body: NewApiKey,
+) -> Result<CreateKeyResponse, ApiError> {
+    let name = checked_text("name", &body.name)?;
+    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::bad_request("invalid-expiry", "expires_at must be in the future"));
+    }
+    let new = NewKey {
+        owner: KeyOwner::Member,
+        name,
+        permissions: body.permissions.into(),
+        expires_at: body.expires_at,
+        connection_id: None,
+    };
+    let (row, key) = velour_db::keys::issue_key(&state.pool, new)
+        .await
+        .map_err(|e| ApiError::from_db(e, "key"))?;
+    tracing::info!(api_key.id = row.id, api_key.prefix = %row.key_prefix, "api key issued");
+    Ok(CreateKeyResponse::Created(Json(CreatedApiKey {
+        id: row.id,
+        name: row.name.clone(),
+        key: key.expose_secret().to_owned(),
+        key_prefix: row.key_prefix.clone(),
+        permissions: row.permissions().into(),
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+    })))
+}
+
+impl From<KeyPermissions> for Permissions {
+    fn from(p: KeyPermissions) -> Self {
+        Self { can_read: p.can_read, can_stream: p.can_stream, can_metadata: p.can_metadata }
+    }
+}
+
+impl From<Permissions> for KeyPermissions {
+    fn from(p: Permissions) -> Self {
+        Self { can_read: p.can_read, can_stream: p.can_stream, can_metadata: p.can_metadata }
+    }
+}
+
+/// A peer location is scanned only with federation on and its connection, if it has one,
+/// active.
+async fn check_peer_scan_allowed(state: &GatewayState, location_id: i64) -> Result<(), ApiError> {
+    state.require_federation()?;
+    let status = velour_db::connections::status_for_location(&state.pool, location_id)
+        .await
+        .map_err(|e| ApiError::from_db(e, "connection"))?;
+    match status {
+        None | Some(ConnectionStatus::Active) => Ok(()),
+        Some(status) => Err(ApiError::conflict(
+            connection_code(status),
+            format!("the peer's federation connection is {status}; activate it to scan"),
+        )),
+    }
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid-configuration", message)
 }
 
 /// Text people typed: no control characters (Postgres cannot even store NUL), not blank.
-fn checked_text<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> {
+pub(crate) fn checked_text<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> {
     let value = value.trim();
     if value.is_empty() {
         return Err(ApiError::bad_request("invalid-text", format!("{field} must not be blank")));
@@ -283,38 +347,16 @@ pub struct AdminApi;
 
 #[OpenApi(prefix_path = "/api/v1/admin", tag = "ApiTags::Admin")]
 impl AdminApi {
-    /// Issues an API key. The answer holds the key in clear, once.
-    #[oai(path = "/api_keys", method = "post", operation_id = "create_api_key")]
+    /// Issues an API key. The answer holds the key in clear, once. Kept for existing
+    /// clients: `POST /api/v1/admin/keys` does the same.
+    #[oai(path = "/api_keys", method = "post", operation_id = "create_api_key", deprecated)]
     async fn create_api_key(
         &self,
         _auth: AdminKeyAuth,
         state: Data<&GatewayState>,
         body: Json<NewApiKey>,
     ) -> Result<CreateKeyResponse, ApiError> {
-        let name = checked_text("name", &body.0.name)?;
-        let p = body.0.permissions;
-        let permissions = Permissions {
-            can_read: p.can_read,
-            can_stream: p.can_stream,
-            can_metadata: p.can_metadata,
-        };
-        let (row, key) =
-            velour_db::keys::create_api_key(&state.pool, KeyOwner::Member, name, permissions)
-                .await
-                .map_err(|e| ApiError::from_db(e, "key"))?;
-        tracing::info!(api_key.id = row.id, api_key.prefix = %row.key_prefix, "api key issued");
-        Ok(CreateKeyResponse::Created(Json(CreatedApiKey {
-            id: row.id,
-            name: row.name,
-            key: key.expose_secret().to_owned(),
-            key_prefix: row.key_prefix,
-            permissions: KeyPermissions {
-                can_read: row.can_read,
-                can_stream: row.can_stream,
-                can_metadata: row.can_metadata,
-            },
-            created_at: row.created_at,
-        })))
+        issue_member_key(&state, body.0).await
     }
 
     /// Adds a folder, a bucket or a peer to the catalog's sources.
@@ -369,7 +411,9 @@ impl AdminApi {
     }
 
     /// Queues a scan of the location. A scan already queued or running there is joined
-    /// rather than doubled.
+    /// rather than doubled. A peer is not scanned while federation is off (403
+    /// `federation-disabled`) or while its connection is not active (409
+    /// `connection-pending`, `connection-suspended` or `connection-rejected`).
     #[oai(path = "/storage_locations/:id/scans", method = "post", operation_id = "start_scan")]
     async fn start_scan(
         &self,
@@ -377,9 +421,12 @@ impl AdminApi {
         state: Data<&GatewayState>,
         id: Path<i64>,
     ) -> Result<ScanAccepted, ApiError> {
-        velour_db::locations::get_location(&state.pool, id.0)
+        let location = velour_db::locations::get_location(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        if location.kind() == Some(StorageType::Velour) {
+            check_peer_scan_allowed(&state, id.0).await?;
+        }
         let (run, created) = velour_db::scans::enqueue_scan_run(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "scan run"))?;

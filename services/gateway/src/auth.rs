@@ -6,7 +6,7 @@ use crate::error::ApiError;
 use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
-use velour_db::keys::AuthenticatedKey;
+use velour_db::keys::{AuthenticatedKey, KeyRefusal};
 
 /// An API key sent as `Authorization: Bearer KEY`.
 #[derive(SecurityScheme)]
@@ -29,8 +29,13 @@ async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<AuthenticatedK
         poem::Error::from(ApiError::internal(&"gateway state missing from the request"))
     })?;
     match velour_db::keys::authenticate(&state.pool, bearer.token.trim()).await {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(ApiError::unauthorized().into()),
+        Ok(Ok(key)) => Ok(key),
+        Ok(Err(refusal)) => {
+            if refusal != KeyRefusal::Unknown {
+                tracing::info!(?refusal, "a known API key was refused");
+            }
+            Err(ApiError::key_refused(refusal).into())
+        }
         Err(err) => Err(ApiError::from_db(err, "key").into()),
     }
 }

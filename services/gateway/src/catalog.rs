@@ -18,18 +18,23 @@ pub enum ApiTags {
     Catalog,
     /// Video bytes and images.
     Stream,
-    /// Keys, storage locations and scans, for administrators.
+    /// Keys, storage locations, scans and federation connections, for administrators.
     Admin,
+    /// The caller's own key: what it is and its rotation.
+    Keys,
 }
 
 pub struct CatalogApi;
 
-fn page_request(page: Option<i64>, per_page: Option<i64>) -> Result<PageRequest, ApiError> {
+pub(crate) fn page_request(
+    page: Option<i64>,
+    per_page: Option<i64>,
+) -> Result<PageRequest, ApiError> {
     PageRequest::new(page, per_page)
         .map_err(|e| ApiError::bad_request("invalid-pagination", e.to_string()))
 }
 
-fn pagination(page: PageRequest, total: i64) -> Pagination {
+pub(crate) fn pagination(page: PageRequest, total: i64) -> Pagination {
     Pagination {
         current_page: i64::from(page.page()),
         total_pages: page.total_pages(total),
@@ -37,8 +42,39 @@ fn pagination(page: PageRequest, total: i64) -> Pagination {
     }
 }
 
-fn work_video(row: VideoRow) -> WorkVideo {
-    // TODO(#5): leave fingerprints and technical metadata out for keys without can_metadata.
+/// What a key may see of a video. Technical metadata (duration, width, height, video and
+/// audio codecs) and fingerprints are shown only to keys with `can_metadata`; for others
+/// they are null, and fingerprints an empty object, so the JSON keeps its shape. Playback
+/// needs neither: `web_compatible`, the file name and size stay visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MetadataAccess {
+    Shown,
+    Withheld,
+}
+
+impl MetadataAccess {
+    fn of(auth: &ApiKeyAuth) -> Self {
+        if auth.0.can_metadata { Self::Shown } else { Self::Withheld }
+    }
+}
+
+/// A video row with what `access` withholds cleared.
+fn visible(mut row: VideoRow, access: MetadataAccess) -> VideoRow {
+    if access == MetadataAccess::Withheld {
+        row.duration = None;
+        row.width = None;
+        row.height = None;
+        row.video_codec = None;
+        row.audio_codec = None;
+        row.container = None;
+        row.fingerprints = sqlx::types::Json(serde_json::json!({}));
+        row.video_metadata = sqlx::types::Json(serde_json::json!({}));
+    }
+    row
+}
+
+fn work_video(row: VideoRow, access: MetadataAccess) -> WorkVideo {
+    let row = visible(row, access);
     WorkVideo {
         id: row.id,
         filename: row.filename,
@@ -55,7 +91,8 @@ fn work_video(row: VideoRow) -> WorkVideo {
     }
 }
 
-fn video(row: VideoRow) -> Video {
+fn video(row: VideoRow, access: MetadataAccess) -> Video {
+    let row = visible(row, access);
     Video {
         id: row.id,
         work_id: row.work_id,
@@ -74,7 +111,7 @@ fn video(row: VideoRow) -> Video {
     }
 }
 
-fn work(listed: WorkWithVideos) -> Work {
+fn work(listed: WorkWithVideos, access: MetadataAccess) -> Work {
     let w = listed.work;
     Work {
         id: w.id,
@@ -85,7 +122,7 @@ fn work(listed: WorkWithVideos) -> Work {
         rating: w.rating,
         organized: w.organized,
         created_at: w.created_at,
-        videos: listed.videos.into_iter().map(work_video).collect(),
+        videos: listed.videos.into_iter().map(|v| work_video(v, access)).collect(),
     }
 }
 
@@ -136,7 +173,7 @@ impl CatalogApi {
             .await
             .map_err(|e| ApiError::from_db(e, "works"))?;
         Ok(Json(WorksPage {
-            works: works.into_iter().map(work).collect(),
+            works: works.into_iter().map(|w| work(w, MetadataAccess::of(&auth))).collect(),
             pagination: pagination(page, total),
         }))
     }
@@ -153,7 +190,7 @@ impl CatalogApi {
         let found = velour_db::catalog::get_work(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "work"))?;
-        Ok(Json(work(found)))
+        Ok(Json(work(found, MetadataAccess::of(&auth))))
     }
 
     /// Videos whose work title contains the query (case-insensitive; `%` and `_` match
@@ -181,7 +218,7 @@ impl CatalogApi {
             .await
             .map_err(|e| ApiError::from_db(e, "videos"))?;
         Ok(Json(VideosPage {
-            videos: rows.into_iter().map(video).collect(),
+            videos: rows.into_iter().map(|v| video(v, MetadataAccess::of(&auth))).collect(),
             pagination: pagination(page, total),
         }))
     }
@@ -198,6 +235,6 @@ impl CatalogApi {
         let row = velour_db::catalog::get_video(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "video"))?;
-        Ok(Json(video(row)))
+        Ok(Json(video(row, MetadataAccess::of(&auth))))
     }
 }

@@ -5,7 +5,20 @@ use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
+use velour_core::ConnectionStatus;
 use velour_db::DbError;
+use velour_db::keys::KeyRefusal;
+
+/// The stable code for a federation connection that is not active, used both when its key
+/// is refused and when a scan of its location is.
+pub fn connection_code(status: ConnectionStatus) -> &'static str {
+    match status {
+        ConnectionStatus::Pending => "connection-pending",
+        ConnectionStatus::Suspended => "connection-suspended",
+        ConnectionStatus::Rejected => "connection-rejected",
+        ConnectionStatus::Active => "connection-active",
+    }
+}
 
 /// The JSON body of every error. `error` keeps the original design's field for peers that
 /// read it; `code` is stable and meant for programs.
@@ -25,10 +38,13 @@ pub enum ApiError {
     /// The request is malformed or a parameter is out of range.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// No API key, or one that is unknown or inactive.
+    /// No API key, or one that is unknown (`unauthorized`), expired (`key-expired`) or
+    /// revoked (`key-revoked`).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
-    /// The key lacks the permission this call needs.
+    /// The key lacks the permission this call needs (`forbidden`), its federation
+    /// connection is not active (`connection-pending`, `connection-suspended`,
+    /// `connection-rejected`), or federation is turned off (`federation-disabled`).
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
     /// Nothing with that id.
@@ -80,6 +96,29 @@ impl ApiError {
         ))
     }
 
+    /// A refusal with its own code, e.g. `federation-disabled`.
+    pub fn forbidden_because(code: &str, message: impl Into<String>) -> Self {
+        Self::Forbidden(body(code, message))
+    }
+
+    /// A key that was found and not accepted: 401 when the key itself is no longer good
+    /// (the holder needs another), 403 when its federation connection is not active (the
+    /// holder must ask our administrator).
+    pub fn key_refused(refusal: KeyRefusal) -> Self {
+        let unauthorized = |code: &str, message: &str| {
+            Self::Unauthorized(body(code, message), BEARER_CHALLENGE.to_owned())
+        };
+        match refusal {
+            KeyRefusal::Unknown => Self::unauthorized(),
+            KeyRefusal::Expired => unauthorized("key-expired", "this API key has expired"),
+            KeyRefusal::Revoked => unauthorized("key-revoked", "this API key has been revoked"),
+            KeyRefusal::Connection(status) => Self::forbidden_because(
+                connection_code(status),
+                format!("this API key's federation connection is {status}"),
+            ),
+        }
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::NotFound(body("not-found", format!("{what} not found")))
     }
@@ -121,6 +160,7 @@ impl ApiError {
         match err {
             DbError::NotFound => Self::not_found(what),
             DbError::Conflict(message) => Self::conflict("conflict", message),
+            DbError::Refused { code, message } => Self::conflict(code, message),
             DbError::Sqlx(sqlx::Error::PoolTimedOut) => {
                 tracing::warn!("database pool exhausted");
                 Self::unavailable("database-busy", "the catalog is busy; try again shortly")
@@ -171,4 +211,45 @@ pub async fn render_any_error(err: poem::Error) -> Response {
         _ => ApiError::internal(&err),
     };
     error.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_and_code(error: ApiError) -> (u16, String) {
+        match error {
+            ApiError::Unauthorized(Json(body), challenge) => {
+                assert_eq!(challenge, BEARER_CHALLENGE);
+                (401, body.code)
+            }
+            ApiError::Forbidden(Json(body)) => (403, body.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_keys_get_their_own_status_and_code() {
+        let cases = [
+            (KeyRefusal::Unknown, 401, "unauthorized"),
+            (KeyRefusal::Expired, 401, "key-expired"),
+            (KeyRefusal::Revoked, 401, "key-revoked"),
+            (KeyRefusal::Connection(ConnectionStatus::Pending), 403, "connection-pending"),
+            (KeyRefusal::Connection(ConnectionStatus::Suspended), 403, "connection-suspended"),
+            (KeyRefusal::Connection(ConnectionStatus::Rejected), 403, "connection-rejected"),
+        ];
+        for (refusal, status, code) in cases {
+            let got = status_and_code(ApiError::key_refused(refusal));
+            assert_eq!(got, (status, code.to_owned()), "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_with_a_code_keep_it_as_a_conflict() {
+        let refused = DbError::Refused { code: "connection-limit-reached", message: "m".into() };
+        match ApiError::from_db(refused, "connection") {
+            ApiError::Conflict(Json(body)) => assert_eq!(body.code, "connection-limit-reached"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

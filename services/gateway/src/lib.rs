@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod auth;
 pub mod catalog;
+pub mod connections;
 pub mod error;
+pub mod keys;
 pub mod limits;
 pub mod playback;
 pub mod stream;
@@ -18,11 +20,12 @@ use std::future::Future;
 use std::time::Duration;
 use url::Url;
 use velour_core::settings::{
-    DatabaseSettings, GatewaySettings, RedisSettings, SigningSettings, StreamAddrSettings,
+    DatabaseSettings, FederationSettings, GatewaySettings, RedisSettings, SigningSettings,
+    StreamAddrSettings,
 };
 use velour_core::signing::UrlSigner;
 use velour_db::scans::ScanRunRow;
-use velour_jobs::{ScanLocation, ScanStorage};
+use velour_jobs::{ScanLocation, ScanStorage, TestConnectionStorage};
 
 /// Where the OpenAPI document is served.
 pub const SPEC_PATH: &str = "/api/v1/openapi.json";
@@ -40,6 +43,8 @@ pub struct GatewayState {
     pub url_signer: Option<UrlSigner>,
     /// How long a signed stream URL stays valid.
     pub signed_url_ttl: Duration,
+    pub connection_tests: TestConnectionStorage,
+    pub federation: FederationSettings,
 }
 
 impl GatewayState {
@@ -59,7 +64,9 @@ impl GatewayState {
             .build()?;
         Ok(Self {
             pool,
-            scans: velour_jobs::scan_storage(conn),
+            scans: velour_jobs::scan_storage(conn.clone()),
+            connection_tests: velour_jobs::test_connection_storage(conn),
+            federation: FederationSettings::default(),
             stream_http,
             stream_base_url,
             instance_name,
@@ -73,6 +80,25 @@ impl GatewayState {
         self.url_signer = Some(signer);
         self.signed_url_ttl = ttl;
         self
+    }
+
+    /// Federates as `federation` says (the default: on, 10 connections, keys that never
+    /// expire, 24 hours of rotation grace).
+    pub fn with_federation(mut self, federation: FederationSettings) -> Self {
+        self.federation = federation;
+        self
+    }
+
+    /// Refuses federation calls when `FEDERATION_ENABLED` is false.
+    pub(crate) fn require_federation(&self) -> Result<(), ApiError> {
+        if self.federation.enabled {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden_because(
+                "federation-disabled",
+                "federation is turned off on this instance (FEDERATION_ENABLED=false)",
+            ))
+        }
     }
 
     /// Pushes the job for a scan run just created. If Redis will not take it, the run is
@@ -100,13 +126,28 @@ impl GatewayState {
 }
 
 /// Every part of the documented API.
-pub type ApiParts =
-    (catalog::CatalogApi, stream::StreamApi, playback::PlaybackApi, admin::AdminApi);
+pub type ApiParts = (
+    catalog::CatalogApi,
+    stream::StreamApi,
+    playback::PlaybackApi,
+    admin::AdminApi,
+    keys::KeysApi,
+    keys::AdminKeysApi,
+    connections::ConnectionsApi,
+);
 
 /// The documented API, without state: used to serve and to write the committed copy.
 pub fn api_service() -> OpenApiService<ApiParts, ()> {
     OpenApiService::new(
-        (catalog::CatalogApi, stream::StreamApi, playback::PlaybackApi, admin::AdminApi),
+        (
+            catalog::CatalogApi,
+            stream::StreamApi,
+            playback::PlaybackApi,
+            admin::AdminApi,
+            keys::KeysApi,
+            keys::AdminKeysApi,
+            connections::ConnectionsApi,
+        ),
         "Velour",
         velour_core::VERSION,
     )
@@ -162,6 +203,7 @@ pub async fn run(
     gateway: &GatewaySettings,
     stream: &StreamAddrSettings,
     signing: &SigningSettings,
+    federation: &FederationSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool = velour_db::connect_and_migrate(db).await?;
@@ -171,7 +213,8 @@ pub async fn run(
     })?;
     let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
         .await?
-        .with_url_signing(signer, signing.signed_url_ttl());
+        .with_url_signing(signer, signing.signed_url_ttl())
+        .with_federation(federation.clone());
     let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
     })?;

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use velour_core::settings::{
-    DatabaseSettings, GatewaySettings, RedisSettings, SigningSettings, StreamAddrSettings,
+    DatabaseSettings, FederationSettings, GatewaySettings, RedisSettings, SigningSettings,
+    StreamAddrSettings,
 };
 
 /// Velour's API gateway.
@@ -19,6 +20,8 @@ struct Cli {
     stream: StreamAddrSettings,
     #[command(flatten)]
     signing: SigningSettings,
+    #[command(flatten)]
+    federation: FederationSettings,
 }
 
 #[tokio::main]
@@ -33,6 +36,6 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    velour_gateway::run(&cli.db, &cli.redis, &cli.gateway, &cli.stream, &cli.signing, shutdown)
-        .await
+    let (db, redis, gateway, stream) = (&cli.db, &cli.redis, &cli.gateway, &cli.stream);
+    velour_gateway::run(db, redis, gateway, stream, &cli.signing, &cli.federation, shutdown).await
 }

@@ -10,10 +10,11 @@ use url::form_urlencoded;
 use velour_core::signing::{
     EXPIRES_PARAM, KEY_ID_PARAM, SIGNATURE_PARAM, SignatureError, StreamGrant,
 };
-use velour_db::keys::{self, AuthenticatedKey};
+use velour_db::keys::{self, AuthenticatedKey, KeyRefusal};
 
 /// Who may read `video_id`: the key in `Authorization`, or, without that header, the key
-/// a signed URL was issued to. Either must be active and allow streaming. A key in the
+/// a signed URL was issued to. Either must be accepted (not expired, revoked or tied to an
+/// inactive federation connection) and allow streaming. A key in the
 /// query string is never looked at: URLs end up in logs and browser histories.
 pub(crate) async fn authorize(
     state: &StreamState,
@@ -36,20 +37,25 @@ pub(crate) async fn authorize(
         SignatureError::Expired => StreamError::SignatureExpired,
     })?;
 
-    // A revoked key's URLs stop working with it.
-    may_stream(keys::find_active_key(&state.pool, grant.key_id).await)
+    // A revoked or expired key's URLs stop working with it.
+    may_stream(keys::find_usable_key(&state.pool, grant.key_id).await)
 }
 
-/// The key a lookup found, if there is one and it may stream.
+/// The key a lookup found, if there is one, it is accepted and it may stream.
 fn may_stream(
-    found: Result<Option<AuthenticatedKey>, velour_db::DbError>,
+    found: Result<Result<AuthenticatedKey, KeyRefusal>, velour_db::DbError>,
 ) -> Result<AuthenticatedKey, StreamError> {
     let key = found
         .map_err(|e| {
             tracing::error!(error = %e, "could not check an API key");
             StreamError::Internal
         })?
-        .ok_or(StreamError::Unauthorized)?;
+        .map_err(|refusal| match refusal {
+            KeyRefusal::Unknown => StreamError::Unauthorized,
+            KeyRefusal::Expired => StreamError::KeyExpired,
+            KeyRefusal::Revoked => StreamError::KeyRevoked,
+            KeyRefusal::Connection(status) => StreamError::ConnectionInactive(status),
+        })?;
     if !key.can_stream {
         tracing::info!(api_key.id = key.id, "key without the stream permission refused");
         return Err(StreamError::Forbidden);

@@ -5,6 +5,7 @@ use poem::http::{HeaderValue, StatusCode, header};
 use poem::web::Json;
 use poem::{IntoResponse, Response};
 use serde::Serialize;
+use velour_core::ConnectionStatus;
 use velour_storage::unsatisfied_content_range;
 
 /// The challenge sent with every 401, as the gateway sends it.
@@ -19,8 +20,14 @@ struct ErrorBody {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StreamError {
-    /// No key, or one that is unknown or inactive.
+    /// No key, or one that is unknown.
     Unauthorized,
+    /// A key past its expiry (a rotated key whose grace period is over, too).
+    KeyExpired,
+    /// A revoked key.
+    KeyRevoked,
+    /// A key whose federation connection is not active.
+    ConnectionInactive(ConnectionStatus),
     /// A signed URL whose signature does not match (or cannot be read).
     SignatureInvalid,
     /// A signed URL past its expiry.
@@ -53,10 +60,12 @@ pub(crate) enum StreamError {
 impl StreamError {
     pub(crate) fn status(self) -> StatusCode {
         match self {
-            Self::Unauthorized | Self::SignatureInvalid | Self::SignatureExpired => {
-                StatusCode::UNAUTHORIZED
-            }
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unauthorized
+            | Self::KeyExpired
+            | Self::KeyRevoked
+            | Self::SignatureInvalid
+            | Self::SignatureExpired => StatusCode::UNAUTHORIZED,
+            Self::Forbidden | Self::ConnectionInactive(_) => StatusCode::FORBIDDEN,
             Self::NotFound | Self::FileMissing | Self::ThumbnailNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -71,6 +80,12 @@ impl StreamError {
     pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
+            Self::KeyExpired => "key-expired",
+            Self::KeyRevoked => "key-revoked",
+            Self::ConnectionInactive(ConnectionStatus::Pending) => "connection-pending",
+            Self::ConnectionInactive(ConnectionStatus::Rejected) => "connection-rejected",
+            // Only inactive statuses are refused; an unexpected one reads as suspended.
+            Self::ConnectionInactive(_) => "connection-suspended",
             Self::SignatureInvalid => "invalid-signature",
             Self::SignatureExpired => "signature-expired",
             Self::Forbidden => "forbidden",
@@ -91,6 +106,9 @@ impl StreamError {
     fn message(self) -> &'static str {
         match self {
             Self::Unauthorized => "a valid API key is required (Authorization: Bearer KEY)",
+            Self::KeyExpired => "this API key has expired",
+            Self::KeyRevoked => "this API key has been revoked",
+            Self::ConnectionInactive(_) => "this API key's federation connection is not active",
             Self::SignatureInvalid => "the signed URL is not valid; ask for a new one",
             Self::SignatureExpired => "the signed URL has expired; ask for a new one",
             Self::Forbidden => "this API key does not have the stream permission",
@@ -118,7 +136,11 @@ impl IntoResponse for StreamError {
         response.set_status(self.status());
         let headers = response.headers_mut();
         match self {
-            Self::Unauthorized | Self::SignatureInvalid | Self::SignatureExpired => {
+            Self::Unauthorized
+            | Self::KeyExpired
+            | Self::KeyRevoked
+            | Self::SignatureInvalid
+            | Self::SignatureExpired => {
                 headers
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE));
             }

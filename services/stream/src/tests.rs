@@ -339,6 +339,45 @@ async fn a_request_without_a_valid_key_is_401_with_a_challenge() {
 }
 
 #[tokio::test]
+async fn expired_revoked_and_unconnected_keys_are_refused_with_their_codes() {
+    with_library(|lib| async move {
+        let cli = lib.client();
+        let path = stream_path(lib.video_id);
+        let get = |key: String| cli.get(&path).header("Authorization", format!("Bearer {key}"));
+        get(lib.stream_key.clone()).send().await.assert_status_is_ok();
+
+        let set = |sql: &'static str| {
+            let pool = lib.pool.clone();
+            async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+        };
+        set("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE name = 'player'")
+            .await;
+        let expired = get(lib.stream_key.clone()).send().await;
+        expired.assert_header("WWW-Authenticate", BEARER_CHALLENGE);
+        assert_error(expired, StatusCode::UNAUTHORIZED, "key-expired").await;
+
+        set("UPDATE api_keys SET expires_at = NULL, revoked_at = now() WHERE name = 'player'")
+            .await;
+        let revoked = get(lib.stream_key.clone()).send().await;
+        assert_error(revoked, StatusCode::UNAUTHORIZED, "key-revoked").await;
+
+        set("UPDATE api_keys SET revoked_at = NULL, active = TRUE WHERE name = 'player'").await;
+        set("INSERT INTO federation_connections (api_key_id, remote_instance_url, status)
+             SELECT id, 'https://peer.example/', 'suspended' FROM api_keys WHERE name = 'player'")
+        .await;
+        set("UPDATE api_keys k SET connection_id = c.id FROM federation_connections c
+             WHERE c.api_key_id = k.id")
+        .await;
+        let suspended = get(lib.stream_key.clone()).send().await;
+        assert_error(suspended, StatusCode::FORBIDDEN, "connection-suspended").await;
+
+        set("UPDATE federation_connections SET status = 'active'").await;
+        get(lib.stream_key.clone()).send().await.assert_status_is_ok();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_key_without_the_stream_permission_is_403() {
     with_library(|lib| async move {
         let response =

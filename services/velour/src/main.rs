@@ -9,8 +9,8 @@ use std::io::Write;
 use tokio_util::sync::CancellationToken;
 use velour_core::Permissions;
 use velour_core::settings::{
-    AssetSettings, DatabaseSettings, GatewaySettings, PeerSettings, RedisSettings, SigningSettings,
-    StreamAddrSettings, WorkerSettings,
+    AssetSettings, DatabaseSettings, FederationSettings, GatewaySettings, PeerSettings,
+    RedisSettings, SigningSettings, StreamAddrSettings, WorkerSettings,
 };
 use velour_db::keys::KeyOwner;
 
@@ -36,6 +36,8 @@ enum Command {
         stream: StreamAddrSettings,
         #[command(flatten)]
         signing: SigningSettings,
+        #[command(flatten)]
+        federation: FederationSettings,
     },
     /// Run a worker that takes scan jobs from Redis.
     Worker {
@@ -49,6 +51,8 @@ enum Command {
         peer: PeerSettings,
         #[command(flatten)]
         assets: AssetSettings,
+        #[command(flatten)]
+        federation: FederationSettings,
     },
     /// Run the stream service.
     Stream {
@@ -95,6 +99,8 @@ struct UpArgs {
     signing: SigningSettings,
     #[command(flatten)]
     assets: AssetSettings,
+    #[command(flatten)]
+    federation: FederationSettings,
 }
 
 #[derive(Subcommand)]
@@ -145,13 +151,22 @@ async fn main() -> anyhow::Result<()> {
     });
 
     match cli.command {
-        Command::Gateway { db, redis, gateway, stream, signing } => {
+        Command::Gateway { db, redis, gateway, stream, signing, federation } => {
             let stop = stop.cancelled_owned();
-            velour_gateway::run(&db, &redis, &gateway, &stream, &signing, stop).await
+            velour_gateway::run(&db, &redis, &gateway, &stream, &signing, &federation, stop).await
         }
-        Command::Worker { db, redis, worker, peer, assets } => {
+        Command::Worker { db, redis, worker, peer, federation, assets } => {
             let stop = stop.cancelled_owned();
-            velour_worker::run_from_settings(&db, &redis, &worker, &peer, &assets, stop).await
+            velour_worker::run_from_settings(
+                &db,
+                &redis,
+                &worker,
+                &peer,
+                &federation,
+                &assets,
+                stop,
+            )
+            .await
         }
         Command::Stream { db, stream, peer, signing, assets } => {
             velour_stream::run(&db, &stream, &peer, &signing, &assets, stop.cancelled_owned()).await
@@ -186,6 +201,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.gateway,
         &args.stream,
         &args.signing,
+        &args.federation,
         stop.clone().cancelled_owned(),
     );
     let stream = velour_stream::run(
@@ -201,6 +217,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.redis,
         &args.worker,
         &args.peer,
+        &args.federation,
         &args.assets,
         stop.clone().cancelled_owned(),
     );

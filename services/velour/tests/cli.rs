@@ -58,6 +58,10 @@ fn a_bad_setting_fails_at_start_naming_its_variable() {
         ("REDIS_URL", "redis://127.0.0.1:6379/zero", "worker"),
         ("VELOUR_STREAM_URL", "ftp://example/", "gateway"),
         ("VELOUR_WORKER_CONCURRENCY", "0", "worker"),
+        ("FEDERATION_ENABLED", "maybe", "gateway"),
+        ("MAX_FEDERATED_CONNECTIONS", "-1", "gateway"),
+        ("FEDERATION_TOKEN_EXPIRY_HOURS", "forever", "gateway"),
+        ("FEDERATION_KEY_ROTATION_GRACE_HOURS", "a day", "worker"),
     ];
     for (variable, value, command) in cases {
         let output = velour().arg(command).env(variable, value).output().expect("velour runs");

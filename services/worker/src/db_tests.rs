@@ -572,7 +572,10 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
         let config = apalis_redis::Config::default().queue(format!("{queue}-thumbnails"));
         let thumbnails: velour_jobs::ThumbnailStorage =
             apalis_redis::RedisStorage::new(conn.clone()).with_config(config);
-        let queues = crate::job::Queues { scans: storage.clone(), thumbnails };
+        let config = apalis_redis::Config::default().queue(format!("{queue}-tests"));
+        let tests: velour_jobs::TestConnectionStorage =
+            apalis_redis::RedisStorage::new(conn.clone()).with_config(config);
+        let queues = crate::job::Queues { scans: storage.clone(), thumbnails, tests };
 
         let dir = tempfile::tempdir().unwrap();
         make_video(&dir.path().join("clip.mp4"), 1);
@@ -636,6 +639,7 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
             .arg("core:apalis:queues:list")
             .arg(format!("{queue}:workers"))
             .arg(format!("{queue}-thumbnails:workers"))
+            .arg(format!("{queue}-tests:workers"))
             .query_async(&mut redis)
             .await
             .unwrap();
@@ -1074,6 +1078,101 @@ async fn nfo_sidecars_name_the_work_and_an_edited_one_is_read_again() {
         .await
         .unwrap();
         assert_eq!(title, "Le Deuxième Souffle");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn peer_scans_queued_before_federation_was_paused_are_refused_at_job_time() {
+    with_database(|pool| async move {
+        let config = json!({ "remote_instance_url": "http://127.0.0.1:9/" });
+        let location = add_location(&pool, "Peer", StorageType::Velour, config).await;
+        let permissions = velour_core::Permissions::default();
+        let key = velour_db::connections::ConnectionKey::Issue {
+            name: "peer",
+            permissions,
+            expires_at: None,
+        };
+        let new = velour_db::connections::NewConnection {
+            remote_instance_url: "http://127.0.0.1:9/",
+            storage_location_id: Some(location),
+            key,
+        };
+        velour_db::connections::create_connection(&pool, new).await.unwrap();
+
+        // A pending connection's location is not scanned, whatever queued the job.
+        let (run_id, outcome) = scan(&state(&pool), location).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(ScanError::Failed(ScanFailure::ConnectionInactive(
+                    velour_core::ConnectionStatus::Pending
+                )))
+            ),
+            "{outcome:?}"
+        );
+        let error = get_scan_run(&pool, run_id).await.unwrap().error.unwrap_or_default();
+        assert!(error.contains("connection is pending"), "{error}");
+
+        // With federation off, no peer is scanned at all.
+        let off =
+            velour_core::settings::FederationSettings { enabled: false, ..Default::default() };
+        let (_, outcome) = scan(&state(&pool).with_federation(off), location).await;
+        assert!(
+            matches!(outcome, Err(ScanError::Failed(ScanFailure::FederationDisabled))),
+            "{outcome:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_test_records_an_unreachable_peer_and_a_switched_off_federation() {
+    with_database(|pool| async move {
+        // A port nobody listens on: bound, then closed.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", closed.local_addr().unwrap());
+        drop(closed);
+        let config = json!({ "remote_instance_url": url });
+        let location = add_location(&pool, "Dead peer", StorageType::Velour, config).await;
+        let key = velour_db::connections::ConnectionKey::Existing(
+            velour_db::keys::create_api_key(
+                &pool,
+                velour_db::keys::KeyOwner::Member,
+                "peer",
+                velour_core::Permissions::default(),
+            )
+            .await
+            .unwrap()
+            .0
+            .id,
+        );
+        let new = velour_db::connections::NewConnection {
+            remote_instance_url: &url,
+            storage_location_id: Some(location),
+            key,
+        };
+        let (connection, issued) =
+            velour_db::connections::create_connection(&pool, new).await.unwrap();
+        assert!(issued.is_none(), "an existing key is not issued again");
+
+        let outcome = crate::test_connection(&state(&pool), connection.id).await.unwrap();
+        assert!(!outcome.reachable && outcome.peer_version.is_none(), "{outcome:?}");
+        assert!(outcome.error.as_deref().is_some_and(|e| e.contains("/api/v1/ping")));
+        let stored = velour_db::connections::get_connection(&pool, connection.id).await.unwrap();
+        assert_eq!(stored.last_test_reachable, Some(false));
+        assert!(stored.last_tested_at.is_some());
+
+        let off =
+            velour_core::settings::FederationSettings { enabled: false, ..Default::default() };
+        let state = state(&pool).with_federation(off);
+        let outcome = crate::test_connection(&state, connection.id).await.unwrap();
+        assert!(outcome.error.as_deref().is_some_and(|e| e.contains("FEDERATION_ENABLED")));
+
+        // A connection deleted before its test ran is not an error worth retrying.
+        velour_db::connections::delete_connection(&pool, connection.id).await.unwrap();
+        let gone = crate::test_connection(&state, connection.id).await;
+        assert!(matches!(gone, Err(velour_db::DbError::NotFound)), "{gone:?}");
     })
     .await;
 }

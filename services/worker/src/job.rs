@@ -1,5 +1,5 @@
-//! The apalis workers that take `ScanLocation` and `GenerateThumbnail` jobs off their
-//! Redis queues.
+//! The apalis workers that take `ScanLocation`, `GenerateThumbnail` and `TestConnection`
+//! jobs off their Redis queues.
 
 use crate::thumbnail::{ThumbnailJobError, generate_thumbnail};
 use crate::{ScanError, WorkerState, scan_location};
@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 use url::Url;
 use velour_core::settings::redact_url;
-use velour_jobs::{GenerateThumbnail, ScanLocation, ScanStorage, ThumbnailStorage};
+use velour_jobs::{
+    GenerateThumbnail, ScanLocation, ScanStorage, TestConnectionStorage, ThumbnailStorage,
+};
 
 /// How often a worker tells Redis it is alive. An idle apalis worker also looks for new
 /// jobs only on this beat (and acknowledges finished ones on it), so it bounds how long a
@@ -42,7 +44,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
-type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
+pub(crate) type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
 
 /// Runs workers until `shutdown` resolves.
 pub async fn run(
@@ -55,7 +57,8 @@ pub async fn run(
         .with_context(|| format!("REDIS_URL: could not connect to {}", redact_url(redis_url)))?;
     let queues = Queues {
         scans: velour_jobs::scan_storage(conn.clone()),
-        thumbnails: velour_jobs::thumbnail_storage(conn),
+        thumbnails: velour_jobs::thumbnail_storage(conn.clone()),
+        tests: velour_jobs::test_connection_storage(conn),
     };
     run_on(state, queues, shutdown).await
 }
@@ -64,6 +67,7 @@ pub async fn run(
 pub(crate) struct Queues {
     pub scans: ScanStorage,
     pub thumbnails: ThumbnailStorage,
+    pub tests: TestConnectionStorage,
 }
 
 /// Runs a worker for each queue (tests give each run queues of their own).
@@ -94,7 +98,20 @@ pub(crate) async fn run_on(
             .build(handle_thumbnail_job);
         run_until_shutdown(worker.run_until(stop.clone().map(Ok::<(), std::io::Error>)), stop)
     });
-    tokio::try_join!(scan_workers, thumbnail_workers)?;
+    // A connection test is asked for by a person waiting on the answer: its worker looks
+    // for jobs more often.
+    let tests = queues.tests.clone();
+    let tests = tests.clone().with_config(
+        tuned(tests.get_config()).heartbeat_interval(crate::connection_test::HEARTBEAT_INTERVAL),
+    );
+    let test_workers = keep_running("connection-test", shutdown.clone(), |stop| {
+        let worker = WorkerBuilder::new(worker_name("connection-test"))
+            .backend(tests.clone())
+            .data(state.clone())
+            .build(crate::connection_test::handle_test_job);
+        run_until_shutdown(worker.run_until(stop.clone().map(Ok::<(), std::io::Error>)), stop)
+    });
+    tokio::try_join!(scan_workers, thumbnail_workers, test_workers)?;
     Ok(())
 }
 

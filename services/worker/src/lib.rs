@@ -7,6 +7,7 @@
 //! counts) or failed (with a message people can act on).
 
 mod bucket;
+mod connection_test;
 mod job;
 mod local;
 mod nfo;
@@ -20,6 +21,7 @@ mod title;
 #[cfg(test)]
 mod db_tests;
 
+pub use connection_test::test_connection;
 pub use job::run;
 pub use scan::{ScanError, ScanFailure, scan_location};
 pub use thumbnail::{ThumbnailJobError, ThumbnailOutcome, generate_thumbnail};
@@ -30,7 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use velour_core::settings::{
-    AssetSettings, DatabaseSettings, PeerSettings, RedisSettings, WorkerSettings,
+    AssetSettings, DatabaseSettings, FederationSettings, PeerSettings, RedisSettings,
+    WorkerSettings,
 };
 use velour_jobs::ThumbnailStorage;
 use velour_storage::AssetStore;
@@ -41,6 +44,7 @@ pub struct WorkerState {
     pool: sqlx::PgPool,
     worker: WorkerSettings,
     peer: PeerSettings,
+    federation: FederationSettings,
     /// How long a scan waits for the location lock (shortened by tests).
     lock_wait: Duration,
     /// ffprobe runs started, so tests can tell that unchanged files are not probed again.
@@ -63,11 +67,18 @@ impl WorkerState {
             pool,
             worker,
             peer,
+            federation: FederationSettings::default(),
             lock_wait: scan::LOCK_WAIT,
             probes: Arc::default(),
             assets,
             thumbnail_queue: None,
         }
+    }
+
+    /// Scans peers (and rotates the keys we hold for them) as `federation` says.
+    pub fn with_federation(mut self, federation: FederationSettings) -> Self {
+        self.federation = federation;
+        self
     }
 }
 
@@ -83,6 +94,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub peer: PeerSettings,
     #[command(flatten)]
+    pub federation: FederationSettings,
+    #[command(flatten)]
     pub assets: AssetSettings,
 }
 
@@ -92,6 +105,7 @@ pub async fn run_from_settings(
     redis: &RedisSettings,
     worker: &WorkerSettings,
     peer: &PeerSettings,
+    federation: &FederationSettings,
     assets: &AssetSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -100,7 +114,8 @@ pub async fn run_from_settings(
         let url = velour_core::settings::redact_url(&database.database_url);
         format!("DATABASE_URL: could not open the catalog at {url}")
     })?;
-    let state = WorkerState::new(pool, worker.clone(), peer.clone(), assets);
+    let state = WorkerState::new(pool, worker.clone(), peer.clone(), assets)
+        .with_federation(federation.clone());
     run(state, &redis.redis_url, shutdown).await
 }
 
@@ -109,6 +124,6 @@ pub async fn run_from_args(
     args: &WorkerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let WorkerArgs { database, redis, worker, peer, assets } = args;
-    run_from_settings(database, redis, worker, peer, assets, shutdown).await
+    let WorkerArgs { database, redis, worker, peer, federation, assets } = args;
+    run_from_settings(database, redis, worker, peer, federation, assets, shutdown).await
 }

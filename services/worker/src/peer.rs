@@ -1,14 +1,17 @@
 //! Scanning a peer: read every page of its catalog and mirror its works and videos.
 
 use crate::scan::{ScanContext, ScanFailure, Tally};
+use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use url::Url;
+use velour_core::ConnectionStatus;
 use velour_core::normalize_title;
+use velour_db::connections;
 use velour_db::ingest::{self, FoundVideo, FoundWork};
-use velour_db::locations::LocationWithSecrets;
-use velour_peer::{PeerClient, WorkVideo, WorksPage};
+use velour_db::locations::{self, LocationWithSecrets};
+use velour_peer::{PeerClient, PeerError, RotatedKey, WorkVideo, WorksPage};
 
 /// Works asked for per page: the most a Velour peer serves at once.
 const PER_PAGE: u32 = 100;
@@ -26,8 +29,10 @@ pub(crate) async fn scan_peer(
     location: &LocationWithSecrets,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
+    check_peer_scan_allowed(scan).await?;
     let client = peer_client(scan, location)?;
     client.ping().await?;
+    let client = rotate_key_if_expiring(scan, client).await?;
     let instance = client.instance().await?;
     info!(
         peer.name = %instance.name,
@@ -94,6 +99,68 @@ pub(crate) async fn scan_peer(
         ingest::remove_unseen_videos(scan.pool(), scan.location_id, &tally.seen_video_ids())
             .await?;
     tally.swept(sweep);
+    Ok(())
+}
+
+/// A peer is scanned only with federation on and its connection, if it has one, active:
+/// the gateway refuses such scan requests, and a job queued before a change is refused
+/// here.
+async fn check_peer_scan_allowed(scan: &ScanContext<'_>) -> Result<(), ScanFailure> {
+    if !scan.state.federation.enabled {
+        return Err(ScanFailure::FederationDisabled);
+    }
+    match connections::status_for_location(scan.pool(), scan.location_id).await? {
+        None | Some(ConnectionStatus::Active) => Ok(()),
+        Some(status) => Err(ScanFailure::ConnectionInactive(status)),
+    }
+}
+
+/// Rotates the key we hold for the peer when it expires within the rotation grace window,
+/// and stores the successor in the location's secrets. A peer that does not know
+/// `keys/self` (one of the original design) is scanned with the key as it is.
+async fn rotate_key_if_expiring(
+    scan: &ScanContext<'_>,
+    client: PeerClient,
+) -> Result<PeerClient, ScanFailure> {
+    let own = match client.key_self().await {
+        Ok(own) => own,
+        Err(PeerError::Status { status: 404 | 405, .. }) => {
+            debug!("the peer cannot tell our key's expiry; not rotating");
+            return Ok(client);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let Some(expires_at) = own.expires_at else {
+        return Ok(client);
+    };
+    if expires_at - Utc::now() > scan.state.federation.rotation_grace() {
+        return Ok(client);
+    }
+    if own.replaced_by.is_some() {
+        // Rotated before, but its successor never reached our secrets (we failed between
+        // the peer's answer and our write): only the peer's administrator can help now.
+        warn!(api_key.id = own.id, %expires_at, "our key for the peer was rotated elsewhere");
+        return Ok(client);
+    }
+    let rotated = client.rotate_key().await?;
+    ingest_rotated_key(scan, &rotated).await?;
+    info!(
+        old_key.id = own.id,
+        new_key.id = rotated.id,
+        old_key.expires_at = %rotated.previous_key_expires_at,
+        "rotated the key we hold for the peer"
+    );
+    Ok(client.with_key(SecretString::from(rotated.key)))
+}
+
+async fn ingest_rotated_key(
+    scan: &ScanContext<'_>,
+    rotated: &RotatedKey,
+) -> Result<(), ScanFailure> {
+    if rotated.key.is_empty() || !rotated.key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ScanFailure::PeerListing("the peer's rotated key is not usable".into()));
+    }
+    locations::set_peer_api_key(scan.pool(), scan.location_id, &rotated.key).await?;
     Ok(())
 }
 

@@ -65,6 +65,10 @@ pub enum ScanFailure {
     Peer(#[from] PeerError),
     #[error("the peer's listing is inconsistent: {0}")]
     PeerListing(String),
+    #[error("federation is turned off on this instance (FEDERATION_ENABLED)")]
+    FederationDisabled,
+    #[error("the peer's federation connection is {0}; activate it to scan")]
+    ConnectionInactive(velour_core::ConnectionStatus),
     #[error("the catalog database failed: {0}")]
     Database(#[from] DbError),
     #[error("the scan stopped on an internal error: {0}")]

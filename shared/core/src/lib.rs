@@ -1,8 +1,11 @@
 //! Domain vocabulary shared by every Velour service: storage kinds, scan states, key
 //! permissions and the settings each service reads at start.
 
+pub mod federation;
 pub mod settings;
 pub mod signing;
+
+pub use federation::ConnectionStatus;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -85,6 +85,81 @@ pub struct GatewaySettings {
     pub instance_name: String,
 }
 
+/// Federation with peers: whether it is on, how many peers, and how their keys live.
+/// Read by the gateway (connections API, keys it issues) and the worker (peer scans, key
+/// rotation).
+#[derive(Args, Clone, Debug)]
+pub struct FederationSettings {
+    /// `false` turns federation off: the connections API and scans of peers answer
+    /// `federation-disabled`, and the worker refuses peer scans already queued.
+    #[arg(
+        long = "federation-enabled",
+        env = "FEDERATION_ENABLED",
+        value_name = "FEDERATION_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub enabled: bool,
+
+    /// The most federation connections that may be active at once; activating one more
+    /// answers `connection-limit-reached`.
+    #[arg(
+        long = "max-federated-connections",
+        env = "MAX_FEDERATED_CONNECTIONS",
+        value_name = "MAX_FEDERATED_CONNECTIONS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(0..=100_000)
+    )]
+    pub max_connections: u32,
+
+    /// Hours a key issued for a federation connection (and each of its successors) stays
+    /// valid; 0 means it never expires.
+    #[arg(
+        long = "federation-token-expiry-hours",
+        env = "FEDERATION_TOKEN_EXPIRY_HOURS",
+        value_name = "FEDERATION_TOKEN_EXPIRY_HOURS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=24 * 365 * 10)
+    )]
+    pub token_expiry_hours: u32,
+
+    /// Hours a rotated key keeps working beside its successor, so a peer can switch
+    /// without an outage. The worker also rotates a key it holds once it expires within
+    /// this window.
+    #[arg(
+        long = "federation-key-rotation-grace-hours",
+        env = "FEDERATION_KEY_ROTATION_GRACE_HOURS",
+        value_name = "FEDERATION_KEY_ROTATION_GRACE_HOURS",
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u32).range(0..=24 * 365)
+    )]
+    pub key_rotation_grace_hours: u32,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_connections: 10,
+            token_expiry_hours: 0,
+            key_rotation_grace_hours: 24,
+        }
+    }
+}
+
+impl FederationSettings {
+    /// How long a key issued for federation lives; `None` for keys that never expire.
+    pub fn token_lifetime(&self) -> Option<chrono::Duration> {
+        (self.token_expiry_hours > 0)
+            .then(|| chrono::Duration::hours(self.token_expiry_hours.into()))
+    }
+
+    /// How long a rotated key keeps working.
+    pub fn rotation_grace(&self) -> chrono::Duration {
+        chrono::Duration::hours(self.key_rotation_grace_hours.into())
+    }
+}
+
 /// Where the stream service listens. Shared by the stream service (to bind) and the
 /// gateway (to find it when `VELOUR_STREAM_URL` is not set).
 #[derive(Args, Clone, Debug)]
@@ -456,6 +531,27 @@ mod tests {
         };
         let stream = StreamAddrSettings { stream_addr: "0.0.0.0:4001".parse().unwrap() };
         assert_eq!(gateway.stream_base_url(&stream).unwrap().as_str(), "http://127.0.0.1:4001/");
+    }
+
+    #[test]
+    fn federation_defaults_are_the_documented_ones() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            federation: FederationSettings,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["velour"]).unwrap().federation;
+        let documented = FederationSettings::default();
+        assert_eq!(parsed.enabled, documented.enabled);
+        assert_eq!(parsed.max_connections, 10);
+        assert_eq!(parsed.token_lifetime(), None);
+        assert_eq!(parsed.rotation_grace(), chrono::Duration::hours(24));
+
+        let off =
+            ["velour", "--federation-enabled", "false", "--federation-token-expiry-hours", "2"];
+        let parsed = <Cli as clap::Parser>::try_parse_from(off).unwrap().federation;
+        assert!(!parsed.enabled);
+        assert_eq!(parsed.token_lifetime(), Some(chrono::Duration::hours(2)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod assets;
 pub mod catalog;
+pub mod connections;
 pub mod ingest;
 pub mod keys;
 pub mod locations;
@@ -30,6 +31,10 @@ pub enum DbError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// The request conflicts with the catalog's state in a way that has its own stable
+    /// code (an invalid status transition, a limit reached).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

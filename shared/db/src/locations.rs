@@ -112,3 +112,18 @@ pub async fn get_location_with_secrets(
     .await?
     .ok_or(DbError::NotFound)
 }
+
+/// Replaces the key we hold for a peer location (after rotating it on the peer).
+pub async fn set_peer_api_key(pool: &PgPool, id: i64, api_key: &str) -> Result<(), DbError> {
+    let updated = sqlx::query(
+        "UPDATE storage_locations
+         SET secrets = jsonb_set(secrets, '{api_key}', to_jsonb($2::text)), updated_at = now()
+         WHERE id = $1 AND storage_type = 'velour'",
+    )
+    .bind(id)
+    .bind(api_key)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if updated == 0 { Err(DbError::NotFound) } else { Ok(()) }
+}

@@ -51,6 +51,33 @@ pub async fn push_thumbnail(
     storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
 }
 
+/// Test a federation connection: reach its peer and record the outcome on the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestConnection {
+    pub connection_id: i64,
+}
+
+/// The Redis queue of `TestConnection` jobs.
+pub const TEST_CONNECTION_QUEUE: &str = "velour:test-connection";
+
+/// The apalis-redis storage for connection tests, shared by the pushing and consuming sides.
+pub type TestConnectionStorage = apalis_redis::RedisStorage<TestConnection>;
+
+/// Opens the connection-test queue on an existing Redis connection.
+pub fn test_connection_storage(conn: apalis_redis::ConnectionManager) -> TestConnectionStorage {
+    let config = apalis_redis::Config::default().queue(TEST_CONNECTION_QUEUE);
+    apalis_redis::RedisStorage::new(conn).with_config(config)
+}
+
+/// Queues a connection test.
+pub async fn push_connection_test(
+    storage: &mut TestConnectionStorage,
+    job: TestConnection,
+) -> Result<(), JobError> {
+    use apalis::prelude::TaskSink;
+    storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
+}
+
 /// Connects to Redis (the URL may carry a database number) for job queues.
 pub async fn connect(redis_url: &str) -> Result<apalis_redis::ConnectionManager, JobError> {
     apalis_redis::connect(redis_url).await.map_err(JobError::Redis)

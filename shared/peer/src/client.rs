@@ -1,6 +1,6 @@
 //! The client one Velour instance uses to read another.
 
-use crate::wire::{InstanceInfo, Ping, WorksPage};
+use crate::wire::{InstanceInfo, KeySelf, Ping, RotatedKey, WorksPage};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -112,6 +112,22 @@ impl PeerClient {
         self.get_json("api/v1/instance").await
     }
 
+    /// The key we hold for the peer, as the peer sees it (id, permissions, expiry).
+    pub async fn key_self(&self) -> Result<KeySelf, PeerError> {
+        self.get_json("api/v1/keys/self").await
+    }
+
+    /// Asks the peer for our key's successor. The old key keeps working for the peer's
+    /// grace period; the caller must store the new one and use it from now on.
+    pub async fn rotate_key(&self) -> Result<RotatedKey, PeerError> {
+        self.send_json(reqwest::Method::POST, "api/v1/keys/rotate").await
+    }
+
+    /// The same peer with another key (the successor a rotation returned).
+    pub fn with_key(&self, key: SecretString) -> Self {
+        Self { key, ..self.clone() }
+    }
+
     /// One page of the peer's works.
     pub async fn works_page(&self, page: u32, per_page: u32) -> Result<WorksPage, PeerError> {
         self.get_json(&format!("api/v1/works?page={page}&per_page={per_page}")).await
@@ -162,11 +178,19 @@ impl PeerClient {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, PeerError> {
+        self.send_json(reqwest::Method::GET, path_and_query).await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> Result<T, PeerError> {
         let url = self.url(path_and_query)?;
         let path = url.path().to_owned();
         let response = self
             .http
-            .get(url)
+            .request(method, url)
             .bearer_auth(self.key.expose_secret())
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(CATALOG_CALL_TIMEOUT)

@@ -53,7 +53,8 @@ pub struct WorkVideo {
     /// Whether browsers play it as it is (H.264/VP8/VP9/AV1 video in MP4 or WebM).
     #[serde(default)]
     pub web_compatible: bool,
-    /// Seconds.
+    /// Seconds. Technical metadata, like `width`, `height`, `video_codec` and
+    /// `audio_codec`: null for keys without `can_metadata`.
     #[serde(default)]
     pub duration: Option<f64>,
     #[serde(default)]
@@ -64,7 +65,8 @@ pub struct WorkVideo {
     pub video_codec: Option<String>,
     #[serde(default)]
     pub audio_codec: Option<String>,
-    /// Content fingerprints by algorithm, e.g. `{"oshash": "0123456789abcdef"}`.
+    /// Content fingerprints by algorithm, e.g. `{"oshash": "0123456789abcdef"}`; an empty
+    /// object for keys without `can_metadata`.
     #[serde(default)]
     pub fingerprints: Value,
     /// `local`, `s3` or `velour` (a video this instance itself reads from a peer).
@@ -110,6 +112,8 @@ pub struct Video {
     pub file_size: i64,
     #[serde(default)]
     pub web_compatible: bool,
+    /// Seconds. Technical metadata, like `width`, `height`, `video_codec` and
+    /// `audio_codec`: null for keys without `can_metadata`.
     #[serde(default)]
     pub duration: Option<f64>,
     #[serde(default)]
@@ -120,6 +124,8 @@ pub struct Video {
     pub video_codec: Option<String>,
     #[serde(default)]
     pub audio_codec: Option<String>,
+    /// Content fingerprints by algorithm; an empty object for keys without
+    /// `can_metadata`.
     #[serde(default)]
     pub fingerprints: Value,
     #[serde(default)]
@@ -132,6 +138,59 @@ pub struct Video {
 pub struct VideosPage {
     pub videos: Vec<Video>,
     pub pagination: Pagination,
+}
+
+/// What a key may do, as its holder sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct KeyPermissionsWire {
+    #[serde(default)]
+    pub can_read: bool,
+    #[serde(default)]
+    pub can_stream: bool,
+    #[serde(default)]
+    pub can_metadata: bool,
+}
+
+/// `GET /api/v1/keys/self`: the caller's own key, never the key itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct KeySelf {
+    pub id: i64,
+    /// The key's first characters, to recognise it.
+    pub key_prefix: String,
+    pub permissions: KeyPermissionsWire,
+    /// When the key stops working; absent or null for a key that never expires.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key's successor, if it was already rotated.
+    #[serde(default)]
+    pub replaced_by: Option<i64>,
+}
+
+/// `POST /api/v1/keys/rotate`: the caller's new key, in clear this once.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct RotatedKey {
+    pub id: i64,
+    /// The new key in clear. This is the only time it is shown: store it now.
+    pub key: String,
+    pub key_prefix: String,
+    pub permissions: KeyPermissionsWire,
+    /// When the new key stops working; null for a key that never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key that asked, which keeps working until this time.
+    pub previous_key_id: i64,
+    pub previous_key_expires_at: DateTime<Utc>,
+}
+
+// The clear key never reaches a log through `{:?}`.
+impl std::fmt::Debug for RotatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatedKey")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("previous_key_id", &self.previous_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
