@@ -2,9 +2,11 @@
 
 mod browser;
 mod peer_faults;
+mod ratelimit;
 mod s3;
 mod signed_urls;
 mod streaming;
+mod sync;
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode, header};

@@ -2,11 +2,13 @@
 //! streams to the stream service, and documents all of it in OpenAPI.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod limits;
 pub mod playback;
+pub mod ratelimit;
 pub mod stream;
 
 use crate::error::ApiError;
@@ -40,6 +42,10 @@ pub struct GatewayState {
     pub url_signer: Option<UrlSigner>,
     /// How long a signed stream URL stays valid.
     pub signed_url_ttl: Duration,
+    /// Per-key hourly quotas of federated calls, counted in Redis.
+    pub rate_limiter: ratelimit::RateLimiter,
+    /// Where federated requests leave their audit entries.
+    pub audit: audit::AuditSink,
 }
 
 impl GatewayState {
@@ -57,7 +63,13 @@ impl GatewayState {
             .read_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let defaults = (
+            GatewaySettings::DEFAULT_RATE_LIMIT_PER_HOUR,
+            GatewaySettings::DEFAULT_STREAM_RATE_LIMIT_PER_HOUR,
+        );
         Ok(Self {
+            rate_limiter: ratelimit::RateLimiter::new(conn.clone(), defaults.0, defaults.1),
+            audit: audit::AuditSink::start(pool.clone()),
             pool,
             scans: velour_jobs::scan_storage(conn),
             stream_http,
@@ -72,6 +84,13 @@ impl GatewayState {
     pub fn with_url_signing(mut self, signer: UrlSigner, ttl: Duration) -> Self {
         self.url_signer = Some(signer);
         self.signed_url_ttl = ttl;
+        self
+    }
+
+    /// Limits each non-admin key to `catalog` catalog calls and `stream` stream calls an
+    /// hour.
+    pub fn with_rate_limits(mut self, catalog: u32, stream: u32) -> Self {
+        self.rate_limiter = ratelimit::RateLimiter::new(self.rate_limiter.redis(), catalog, stream);
         self
     }
 
@@ -131,6 +150,7 @@ pub fn app(state: GatewayState) -> impl poem::Endpoint {
     let api = api_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let federation = ratelimit::Federation::new(state.clone());
     Route::new()
         .nest("/", api)
         .at(SPEC_PATH, spec)
@@ -139,6 +159,7 @@ pub fn app(state: GatewayState) -> impl poem::Endpoint {
         .data(state)
         .around(limits::limit_body)
         .catch_all_error(error::render_any_error)
+        .with(federation)
         .with(Tracing)
 }
 
@@ -171,7 +192,11 @@ pub async fn run(
     })?;
     let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
         .await?
-        .with_url_signing(signer, signing.signed_url_ttl());
+        .with_url_signing(signer, signing.signed_url_ttl())
+        .with_rate_limits(
+            gateway.federation_rate_limit_per_hour,
+            gateway.federation_stream_rate_limit_per_hour,
+        );
     let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
     })?;

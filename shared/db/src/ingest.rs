@@ -328,3 +328,34 @@ pub async fn remove_unseen_videos(
     .await?;
     Ok(sweep)
 }
+
+/// Marks the given videos of a location removed: the peer reported them gone (tombstones of
+/// an incremental listing). Keys not present here are ignored.
+pub async fn remove_videos_by_source_key(
+    conn: &mut PgConnection,
+    location_id: i64,
+    source_keys: &[String],
+) -> Result<Sweep, DbError> {
+    if source_keys.is_empty() {
+        return Ok(Sweep::default());
+    }
+    // Same shape as `remove_unseen_videos`: the outer SELECT's snapshot predates the UPDATE.
+    let sweep = sqlx::query_as(
+        "WITH removed AS (
+            UPDATE videos SET removed_at = now(), updated_at = now()
+            WHERE storage_location_id = $1 AND removed_at IS NULL AND source_key = ANY($2)
+            RETURNING id, work_id
+         )
+         SELECT (SELECT count(*) FROM removed) AS videos_removed,
+                (SELECT count(DISTINCT r.work_id) FROM removed r
+                 WHERE NOT EXISTS (
+                    SELECT 1 FROM videos v
+                    WHERE v.work_id = r.work_id AND v.removed_at IS NULL
+                      AND v.id NOT IN (SELECT id FROM removed))) AS works_removed",
+    )
+    .bind(location_id)
+    .bind(source_keys)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(sweep)
+}

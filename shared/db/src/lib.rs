@@ -3,6 +3,7 @@
 //! Queries are checked at run time (`sqlx::query_as` with bound parameters) so that the
 //! workspace builds from a clean clone without a live database or a `.sqlx` cache.
 
+pub mod audit;
 pub mod catalog;
 pub mod ingest;
 pub mod keys;

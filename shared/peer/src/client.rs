@@ -117,6 +117,23 @@ impl PeerClient {
         self.get_json(&format!("api/v1/works?page={page}&per_page={per_page}")).await
     }
 
+    /// One page of the works changed since `cursor` (a `sync.cursor` the peer gave us),
+    /// with the tombstones of what it removed. Only for peers that advertise
+    /// `works.updated_since`; others ignore the parameter and list everything.
+    pub async fn works_page_since(
+        &self,
+        cursor: &str,
+        page: u32,
+        per_page: u32,
+    ) -> Result<WorksPage, PeerError> {
+        let mut url = self.url("api/v1/works")?;
+        url.query_pairs_mut()
+            .append_pair("updated_since", cursor)
+            .append_pair("page", &page.to_string())
+            .append_pair("per_page", &per_page.to_string());
+        self.get_json_at(url).await
+    }
+
     /// The URL of a video's bytes on the peer.
     pub fn stream_url(&self, remote_video_id: i64) -> Result<Url, PeerError> {
         self.url(&format!("api/v1/videos/{remote_video_id}/stream"))
@@ -142,7 +159,10 @@ impl PeerClient {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, PeerError> {
-        let url = self.url(path_and_query)?;
+        self.get_json_at(self.url(path_and_query)?).await
+    }
+
+    async fn get_json_at<T: DeserializeOwned>(&self, url: Url) -> Result<T, PeerError> {
         let path = url.path().to_owned();
         let response = self
             .http

@@ -1,0 +1,41 @@
+-- Sync that scales (#5): incremental listings with tombstones, indexed search, and the
+-- audit log of federated requests.
+
+-- Incremental listings select what changed since a cursor; without these, asking "what
+-- changed since T" would read every row.
+CREATE INDEX works_updated_at_idx ON works (updated_at);
+CREATE INDEX videos_updated_at_idx ON videos (updated_at);
+-- Tombstones: videos marked removed since a cursor.
+CREATE INDEX videos_removed_at_idx ON videos (removed_at) WHERE removed_at IS NOT NULL;
+
+-- The cursor a peer's last complete scan ended with: its `sync.cursor`, passed back as
+-- `updated_since` on the next scan. NULL: the next scan reads the whole catalog.
+ALTER TABLE storage_locations ADD COLUMN sync_cursor TEXT;
+
+-- Title search on trigrams: `title ILIKE '%query%'` uses this index instead of reading
+-- every work. pg_trgm is a trusted extension, so the database owner may create it.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX works_title_trgm_idx ON works USING gin (title gin_trgm_ops);
+
+-- One row per request made with a non-admin key (peers, players): who, what, how it
+-- ended and how many bytes went out. Key and connection ids are plain numbers, not
+-- foreign keys: the log must outlive the keys and connections it names.
+CREATE TABLE audit_log (
+    id                       BIGSERIAL PRIMARY KEY,
+    api_key_id               BIGINT NOT NULL,
+    federation_connection_id BIGINT,
+    action                   TEXT NOT NULL,
+    target                   TEXT,
+    status                   INTEGER NOT NULL,
+    bytes_sent               BIGINT NOT NULL DEFAULT 0,
+    occurred_at              TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX audit_log_occurred_at_idx ON audit_log (occurred_at, id);
+CREATE INDEX audit_log_key_idx ON audit_log (api_key_id, occurred_at);
+CREATE INDEX audit_log_connection_idx ON audit_log (federation_connection_id, occurred_at)
+    WHERE federation_connection_id IS NOT NULL;
+
+-- The listing's order: pages deep into a large catalog walk this index instead of sorting
+-- every work on each request.
+CREATE INDEX works_title_id_idx ON works (title, id);
