@@ -9,8 +9,7 @@ use velour_tests::{Instance, expect_json, make_video};
 
 async fn member_key(instance: &Instance, name: &str) -> anyhow::Result<(i64, String)> {
     let body = json!({ "name": name, "permissions": { "can_read": true, "can_stream": true } });
-    let created =
-        instance.post_json("/api/v1/admin/api_keys", &body, StatusCode::CREATED).await?;
+    let created = instance.post_json("/api/v1/admin/api_keys", &body, StatusCode::CREATED).await?;
     let id = created["id"].as_i64().context("no key id")?;
     Ok((id, created["key"].as_str().context("no key")?.to_owned()))
 }
@@ -43,7 +42,9 @@ async fn two_gateways_share_one_limit_per_key() -> anyhow::Result<()> {
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(header_of(&answer, "ratelimit-policy"), "\"catalog\";q=3;w=3600");
         let remaining = 2 - n;
-        assert!(header_of(&answer, "ratelimit").starts_with(&format!("\"catalog\";r={remaining};")));
+        assert!(
+            header_of(&answer, "ratelimit").starts_with(&format!("\"catalog\";r={remaining};"))
+        );
     }
 
     // The next is refused by whichever gateway answers it.
@@ -134,7 +135,12 @@ async fn every_federated_request_is_audited_with_what_it_sent() -> anyhow::Resul
         .map(|e| {
             let action = e["action"].as_str().unwrap_or_default().to_owned();
             let target = e["target"].as_str().map(str::to_owned);
-            (action, e["status"].as_i64().unwrap_or(0), e["bytes_sent"].as_i64().unwrap_or(-1), target)
+            (
+                action,
+                e["status"].as_i64().unwrap_or(0),
+                e["bytes_sent"].as_i64().unwrap_or(-1),
+                target,
+            )
         })
         .collect();
     let id = Some(video_id.to_string());

@@ -12,8 +12,7 @@ const H264_AAC: &[&str] = &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "a
 async fn member_key(instance: &Instance, name: &str) -> anyhow::Result<(i64, String)> {
     let body = json!({ "name": name, "permissions": {
         "can_read": true, "can_stream": true, "can_metadata": true } });
-    let created =
-        instance.post_json("/api/v1/admin/api_keys", &body, StatusCode::CREATED).await?;
+    let created = instance.post_json("/api/v1/admin/api_keys", &body, StatusCode::CREATED).await?;
     let id = created["id"].as_i64().context("no key id")?;
     Ok((id, created["key"].as_str().context("no key")?.to_owned()))
 }
@@ -92,9 +91,12 @@ async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow:
     let changes = a.http.get(a.url(&path)).bearer_auth(&key).send().await?;
     let changes = expect_json(changes, StatusCode::OK).await?;
     assert_eq!(changes["works"], json!([]), "{changes}");
-    let kinds: Vec<&str> =
-        changes["sync"]["deleted"].as_array().context("no tombstones")?.iter()
-            .filter_map(|t| t["type"].as_str()).collect();
+    let kinds: Vec<&str> = changes["sync"]["deleted"]
+        .as_array()
+        .context("no tombstones")?
+        .iter()
+        .filter_map(|t| t["type"].as_str())
+        .collect();
     assert_eq!(kinds, ["video", "work"], "{changes}");
     assert_eq!(changes["sync"]["deleted_count"], 2);
 
@@ -102,8 +104,12 @@ async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow:
     let third = b.scan(peer).await?;
     assert_eq!(counts(&third, "videos"), [0, 0, 0, 1], "{third}");
     assert_eq!(counts(&third, "works")[3], 1, "{third}");
-    let titles: Vec<String> = b.all_works().await?.iter()
-        .filter_map(|w| w["title"].as_str().map(str::to_owned)).collect();
+    let titles: Vec<String> = b
+        .all_works()
+        .await?
+        .iter()
+        .filter_map(|w| w["title"].as_str().map(str::to_owned))
+        .collect();
     assert_eq!(titles, ["Alpha", "Gamma"]);
     assert_ne!(sync_cursor(&b, peer).await?, Some(cursor));
 

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use futures_util::Stream;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -11,8 +11,8 @@ use poem_openapi::{OpenApi, Tags};
 use velour_db::PageRequest;
 use velour_db::catalog::{VideoRow, WorkWithVideos};
 use velour_peer::{
-    InstanceInfo, Pagination, Ping, SYNC_CAPABILITY, SyncState, Tombstone, Video, VideosPage,
-    Work, WorkVideo, WorksPage,
+    InstanceInfo, Pagination, Ping, SYNC_CAPABILITY, SyncState, Tombstone, Video, VideosPage, Work,
+    WorkVideo, WorksPage,
 };
 
 #[derive(Tags)]

@@ -346,7 +346,10 @@ mod tests {
         let action = classify(&get, "/api/v1/videos/7/stream").unwrap();
         assert_eq!((action.name, action.quota), ("stream.video", Quota::Stream));
         assert_eq!(action.target.as_deref(), Some("7"));
-        assert_eq!(classify(&Method::HEAD, "/api/v1/videos/7/stream").unwrap().name, "stream.video");
+        assert_eq!(
+            classify(&Method::HEAD, "/api/v1/videos/7/stream").unwrap().name,
+            "stream.video"
+        );
         assert_eq!(classify(&get, "/api/v1/works").unwrap().name, "catalog.list_works");
         assert_eq!(classify(&get, "/api/v1/videos/search").unwrap().name, "catalog.search_videos");
         assert_eq!(classify(&get, "/api/v1/videos/3").unwrap().quota, Quota::Catalog);

@@ -373,7 +373,9 @@ fn route_syncing(
         ok(body)
     };
     match (path, since, page) {
-        ("/api/v1/ping", _, _) => ok(json!({ "status": "ok", "timestamp": "2026-01-01T00:00:00Z" })),
+        ("/api/v1/ping", _, _) => {
+            ok(json!({ "status": "ok", "timestamp": "2026-01-01T00:00:00Z" }))
+        }
         ("/api/v1/instance", _, _) => ok(json!({
             "name": "Fake", "version": "0.1.0", "total_works": 2,
             "capabilities": ["works.updated_since"]

@@ -264,12 +264,8 @@ async fn save_page(
         }
     }
     if apply_tombstones && let Some(sync) = &page.sync {
-        let gone: Vec<String> = sync
-            .deleted
-            .iter()
-            .filter(|t| t.kind == "video")
-            .map(|t| t.id.to_string())
-            .collect();
+        let gone: Vec<String> =
+            sync.deleted.iter().filter(|t| t.kind == "video").map(|t| t.id.to_string()).collect();
         let sweep = ingest::remove_videos_by_source_key(&mut tx, scan.location_id, &gone).await?;
         tally.removed(sweep);
     }

@@ -324,10 +324,7 @@ pub async fn list_tombstones(
     Ok((rows, total))
 }
 
-async fn with_videos(
-    pool: &PgPool,
-    works: Vec<WorkRow>,
-) -> Result<Vec<WorkWithVideos>, DbError> {
+async fn with_videos(pool: &PgPool, works: Vec<WorkRow>) -> Result<Vec<WorkWithVideos>, DbError> {
     let ids: Vec<i64> = works.iter().map(|w| w.id).collect();
     let mut videos = videos_of_works(pool, &ids).await?;
     Ok(works
