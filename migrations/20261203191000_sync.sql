@@ -39,3 +39,29 @@ CREATE INDEX audit_log_connection_idx ON audit_log (federation_connection_id, oc
 -- The listing's order: pages deep into a large catalog walk this index instead of sorting
 -- every work on each request.
 CREATE INDEX works_title_id_idx ON works (title, id);
+
+-- Tombstones of video rows deleted outright (a storage location deleted with its videos,
+-- a work deleted by hand): without these, incremental listings could not report them.
+-- The removal time is kept if the row had one, so peers that already saw it removed are
+-- not told again.
+-- TODO(#5): prune tombstones older than some retention, and tell peers whose cursor is
+-- older than that to read everything again.
+CREATE TABLE deleted_videos (
+    id         BIGINT PRIMARY KEY,
+    work_id    BIGINT NOT NULL,
+    removed_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE INDEX deleted_videos_removed_at_idx ON deleted_videos (removed_at);
+
+CREATE FUNCTION record_deleted_video() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO deleted_videos (id, work_id, removed_at)
+    VALUES (OLD.id, OLD.work_id, COALESCE(OLD.removed_at, now()))
+    ON CONFLICT (id) DO NOTHING;
+    RETURN OLD;
+END
+$$;
+
+CREATE TRIGGER videos_record_deleted AFTER DELETE ON videos
+    FOR EACH ROW EXECUTE FUNCTION record_deleted_video();

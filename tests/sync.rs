@@ -113,6 +113,17 @@ async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow:
     assert_eq!(titles, ["Alpha", "Gamma"]);
     assert_ne!(sync_cursor(&b, peer).await?, Some(cursor));
 
+    // A location deleted outright on A (its rows gone, not marked) still leaves
+    // tombstones: B removes the rest.
+    sqlx::query("DELETE FROM storage_locations WHERE id = $1")
+        .bind(folder)
+        .execute(a.pool())
+        .await?;
+    let fourth = b.scan(peer).await?;
+    assert_eq!(counts(&fourth, "videos"), [0, 0, 0, 2], "{fourth}");
+    assert_eq!(counts(&fourth, "works")[3], 2, "{fourth}");
+    assert!(b.all_works().await?.is_empty());
+
     b.stop().await?;
     a.stop().await
 }

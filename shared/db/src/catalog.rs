@@ -297,15 +297,19 @@ pub async fn list_tombstones(
     since: DateTime<Utc>,
     page: PageRequest,
 ) -> Result<(Vec<Tombstone>, i64), DbError> {
-    const TOMBSTONES: &str = "WITH tombstones AS (
-            SELECT 'video' AS kind, id, work_id, removed_at FROM videos
-            WHERE removed_at >= $1
+    // Videos marked removed, and rows deleted outright (kept by a trigger in
+    // `deleted_videos`); a work is gone when none of its videos is present any more.
+    const TOMBSTONES: &str = "WITH gone AS (
+            SELECT id, work_id, removed_at FROM videos WHERE removed_at >= $1
             UNION ALL
-            SELECT 'work', r.work_id, NULL, max(r.removed_at) FROM videos r
-            WHERE r.removed_at >= $1
-              AND NOT EXISTS (SELECT 1 FROM videos p
-                              WHERE p.work_id = r.work_id AND p.removed_at IS NULL)
-            GROUP BY r.work_id)";
+            SELECT id, work_id, removed_at FROM deleted_videos WHERE removed_at >= $1
+         ), tombstones AS (
+            SELECT 'video' AS kind, id, work_id, removed_at FROM gone
+            UNION ALL
+            SELECT 'work', g.work_id, NULL, max(g.removed_at) FROM gone g
+            WHERE NOT EXISTS (SELECT 1 FROM videos p
+                              WHERE p.work_id = g.work_id AND p.removed_at IS NULL)
+            GROUP BY g.work_id)";
     let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "{TOMBSTONES} SELECT count(*) FROM tombstones"
     )))
