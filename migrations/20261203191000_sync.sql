@@ -36,9 +36,37 @@ CREATE INDEX audit_log_key_idx ON audit_log (api_key_id, occurred_at);
 CREATE INDEX audit_log_connection_idx ON audit_log (federation_connection_id, occurred_at)
     WHERE federation_connection_id IS NOT NULL;
 
--- The listing's order: pages deep into a large catalog walk this index instead of sorting
--- every work on each request.
-CREATE INDEX works_title_id_idx ON works (title, id);
+-- How many present videos each work has, kept by a trigger, so that "works with a present
+-- video" (the listing) is one partial index in the listing's order instead of a semi-join
+-- of every work with every video on each request: counting and paging 100,000 works
+-- then reads one index instead of two tables.
+ALTER TABLE works ADD COLUMN present_videos INTEGER NOT NULL DEFAULT 0;
+UPDATE works w SET present_videos =
+    (SELECT count(*) FROM videos v WHERE v.work_id = w.id AND v.removed_at IS NULL);
+CREATE INDEX works_listed_idx ON works (title, id) WHERE present_videos > 0;
+
+-- TODO(#5): the count locks the work's row until the writing transaction ends; two scans
+-- of different locations that share works, written in opposite orders, can deadlock (one
+-- page fails and its scan with it).
+CREATE FUNCTION count_present_videos() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.work_id = NEW.work_id
+       AND (OLD.removed_at IS NULL) = (NEW.removed_at IS NULL) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.removed_at IS NULL THEN
+        UPDATE works SET present_videos = present_videos - 1 WHERE id = OLD.work_id;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.removed_at IS NULL THEN
+        UPDATE works SET present_videos = present_videos + 1 WHERE id = NEW.work_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER videos_count_present
+    AFTER INSERT OR DELETE OR UPDATE OF work_id, removed_at ON videos
+    FOR EACH ROW EXECUTE FUNCTION count_present_videos();
 
 -- Tombstones of video rows deleted outright (a storage location deleted with its videos,
 -- a work deleted by hand): without these, incremental listings could not report them.

@@ -71,13 +71,14 @@ const VIDEO_SELECT: &str = "
     JOIN works w ON w.id = v.work_id
     JOIN storage_locations l ON l.id = v.storage_location_id";
 
-const PRESENT_WORK: &str =
-    "EXISTS (SELECT 1 FROM videos pv WHERE pv.work_id = w.id AND pv.removed_at IS NULL)";
+/// A work with at least one present video. The count is kept by a trigger on videos, and
+/// `works_listed_idx` covers exactly these works in the listing's order.
+const PRESENT_WORK: &str = "w.present_videos > 0";
 
 pub async fn instance_totals(pool: &PgPool) -> Result<InstanceTotals, DbError> {
     let totals = sqlx::query_as(
         "SELECT
-            (SELECT count(DISTINCT work_id) FROM videos WHERE removed_at IS NULL) AS total_works,
+            (SELECT count(*) FROM works w WHERE w.present_videos > 0) AS total_works,
             count(*) AS total_videos,
             -- numeric sum, clamped: peers' sizes are not ours to trust with an overflow
             LEAST(COALESCE(sum(file_size), 0), 9223372036854775807)::BIGINT AS total_storage
