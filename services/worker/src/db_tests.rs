@@ -953,3 +953,44 @@ async fn a_moved_file_keeps_its_row_and_its_work_without_a_new_probe() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_write_committed_after_the_cursor_was_taken_is_in_the_next_changes() {
+    with_database(|pool| async move {
+        let config = json!({ "path": "/nonexistent" });
+        let location = add_location(&pool, "Films", StorageType::Local, config).await;
+        let page = PageRequest::new(None, None).unwrap();
+
+        // A scan's transaction stamps its rows with its start time, then commits late.
+        let mut late = pool.begin().await.unwrap();
+        let work: i64 =
+            sqlx::query_scalar("INSERT INTO works (title) VALUES ('Late') RETURNING id")
+                .fetch_one(&mut *late)
+                .await
+                .unwrap();
+        sqlx::query(
+            "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+             VALUES ($1, $2, 'late.mp4', 'late.mp4', 1)",
+        )
+        .bind(work)
+        .bind(location)
+        .execute(&mut *late)
+        .await
+        .unwrap();
+        // Longer than the cursor's overlap, so only the open transaction can hold it back.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let cursor = velour_db::catalog::sync_cursor(&pool).await.unwrap();
+        late.commit().await.unwrap();
+
+        let (works, total) =
+            velour_db::catalog::list_changed_works(&pool, cursor, page).await.unwrap();
+        assert_eq!((total, works[0].work.title.as_str()), (1, "Late"));
+
+        // With nothing open, the cursor moves past it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let later = velour_db::catalog::sync_cursor(&pool).await.unwrap();
+        let (_, total) = velour_db::catalog::list_changed_works(&pool, later, page).await.unwrap();
+        assert_eq!(total, 0);
+    })
+    .await;
+}

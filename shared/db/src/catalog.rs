@@ -230,7 +230,8 @@ const CURSOR_OVERLAP: &str = "interval '1 second'";
 /// transaction that started before this read but commits after it would carry a stamp
 /// older than `now()` and be skipped forever. So the cursor is the start of the oldest
 /// transaction still open in this database (which includes any that may still write),
-/// minus a small overlap. Timestamps all come from this server's clock, never a peer's, so
+/// minus a small overlap (autovacuum and other background workers, which write no catalog
+/// rows, are left out). Timestamps all come from this server's clock, never a peer's, so
 /// peers' clock skew does not matter. Call it *before* reading the rows it covers.
 ///
 /// Requires that every Velour process uses the same database role: `pg_stat_activity`
@@ -239,7 +240,8 @@ pub async fn sync_cursor(pool: &PgPool) -> Result<DateTime<Utc>, DbError> {
     let cursor = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT LEAST(now(), COALESCE(
                     (SELECT min(xact_start) FROM pg_stat_activity
-                     WHERE datname = current_database() AND xact_start IS NOT NULL),
+                     WHERE datname = current_database() AND xact_start IS NOT NULL
+                       AND backend_type = 'client backend'),
                     now())) - {CURSOR_OVERLAP}"
     )))
     .fetch_one(pool)
