@@ -91,7 +91,7 @@ INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_siz
          1000000 + w.id, 5400.5, 1920, 1080, 'h264', 'aac', true,
          jsonb_build_object('oshash', substr(md5(w.id || '-' || p), 1, 16))
   FROM works w, generate_series(1, 2) p;
-ANALYZE;
+VACUUM ANALYZE;
 SQL
 location=$(psql -h 127.0.0.1 -d velour_bench_fb -Atq <<SQL
 INSERT INTO storage_locations (name, storage_type, configuration, secrets)

@@ -8,7 +8,7 @@ use url::Url;
 use velour_core::normalize_title;
 use velour_db::ingest::{self, FoundVideo, FoundWork};
 use velour_db::locations::{self, LocationWithSecrets};
-use velour_peer::{PeerClient, SYNC_CAPABILITY, WorkVideo, WorksPage};
+use velour_peer::{PeerClient, PeerError, SYNC_CAPABILITY, WorkVideo, WorksPage};
 
 /// Works asked for per page: the most a Velour peer serves at once.
 const PER_PAGE: u32 = 100;
@@ -95,10 +95,12 @@ async fn read_listing(
     // TODO(#5): page numbers over a listing that changes while it is read can skip a work
     // (one deleted on an earlier page shifts the rest); a full scan then removes its videos
     // until the peer changes it again. Keyset pages (`after=title,id`) would close this.
+    // The next page is fetched while this one is saved: the peer's work and ours overlap.
+    let mut prefetched: Option<Result<WorksPage, PeerError>> = None;
     loop {
-        let page = match since {
-            Some(cursor) => client.works_page_since(cursor, page_number, PER_PAGE).await?,
-            None => client.works_page(page_number, PER_PAGE).await?,
+        let page = match prefetched.take() {
+            Some(fetched) => fetched?,
+            None => fetch_page(client, since, page_number).await?,
         };
         let pagination = page.pagination;
         if pagination.current_page != i64::from(page_number) {
@@ -150,10 +152,21 @@ async fn read_listing(
         // Each page is saved whole or not at all; earlier pages stay saved if a later one
         // fails, and nothing is marked removed unless every page was read (tombstones are
         // the peer's own word, so they apply page by page).
-        let page_tally = save_page(scan, base_url, &page, since.is_some()).await?;
+        let number = i64::from(page_number);
+        let saving = save_page(scan, base_url, &page, since.is_some());
+        let next = page_number
+            .checked_add(1)
+            .filter(|_| number < pagination.total_pages && number < allowed);
+        let page_tally = match next {
+            Some(next) => {
+                let (saved, fetched) = tokio::join!(saving, fetch_page(client, since, next));
+                prefetched = Some(fetched);
+                saved?
+            }
+            None => saving.await?,
+        };
         tally.merge(page_tally);
 
-        let number = i64::from(page_number);
         if number >= pagination.total_pages {
             break;
         }
@@ -168,6 +181,17 @@ async fn read_listing(
         })?;
     }
     Ok(Listing { next_cursor })
+}
+
+async fn fetch_page(
+    client: &PeerClient,
+    since: Option<&str>,
+    page: u32,
+) -> Result<WorksPage, PeerError> {
+    match since {
+        Some(cursor) => client.works_page_since(cursor, page, PER_PAGE).await,
+        None => client.works_page(page, PER_PAGE).await,
+    }
 }
 
 fn peer_client(
