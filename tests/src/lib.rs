@@ -33,6 +33,9 @@ fn redis_server() -> String {
 
 const TEST_DB_PREFIX: &str = "velour_test_";
 
+/// The settings' default quotas (catalog, stream calls per key and hour).
+const DEFAULT_RATE_LIMITS: (u32, u32) = (5000, 1000);
+
 static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 /// Drops databases that earlier, failed runs left behind. Runs once per test binary,
@@ -174,7 +177,9 @@ pub struct Instance {
     pub admin_key: SecretString,
     pub http: reqwest::Client,
     db: Option<TestDb>,
-    _redis: RedisDb,
+    redis: RedisDb,
+    /// Hourly quotas of catalog and stream calls per non-admin key.
+    rate_limits: (u32, u32),
     _assets: tempfile::TempDir,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -187,7 +192,14 @@ impl Instance {
 
     /// An instance whose worker has the given settings.
     pub async fn start_with(name: &str, worker: WorkerSettings) -> anyhow::Result<Self> {
-        Self::start_configured(name, worker, PeerSettings::default(), Default::default()).await
+        Self::start_configured(
+            name,
+            worker,
+            PeerSettings::default(),
+            Default::default(),
+            DEFAULT_RATE_LIMITS,
+        )
+        .await
     }
 
     /// An instance whose gateway and worker federate as `federation` says.
@@ -195,14 +207,26 @@ impl Instance {
         name: &str,
         federation: FederationSettings,
     ) -> anyhow::Result<Self> {
-        Self::start_configured(name, WorkerSettings::default(), PeerSettings::default(), federation)
-            .await
+        let (worker, peer) = (WorkerSettings::default(), PeerSettings::default());
+        Self::start_configured(name, worker, peer, federation, DEFAULT_RATE_LIMITS).await
     }
 
     /// An instance whose stream service and worker talk to peers with `peer` (short
     /// timeouts, for tests of misbehaving peers).
     pub async fn start_with_peer(name: &str, peer: PeerSettings) -> anyhow::Result<Self> {
-        Self::start_configured(name, WorkerSettings::default(), peer, Default::default()).await
+        let worker = WorkerSettings::default();
+        Self::start_configured(name, worker, peer, Default::default(), DEFAULT_RATE_LIMITS).await
+    }
+
+    /// An instance whose gateways allow each non-admin key `catalog` catalog calls and
+    /// `stream` stream calls an hour.
+    pub async fn start_with_rate_limits(
+        name: &str,
+        catalog: u32,
+        stream: u32,
+    ) -> anyhow::Result<Self> {
+        let (worker, peer) = (WorkerSettings::default(), PeerSettings::default());
+        Self::start_configured(name, worker, peer, Default::default(), (catalog, stream)).await
     }
 
     async fn start_configured(
@@ -210,6 +234,7 @@ impl Instance {
         worker: WorkerSettings,
         peer: PeerSettings,
         federation: FederationSettings,
+        rate_limits: (u32, u32),
     ) -> anyhow::Result<Self> {
         init_test_logs();
         let db = TestDb::create().await?;
@@ -241,7 +266,8 @@ impl Instance {
         )
         .await?
         .with_url_signing(signer, signing.signed_url_ttl())
-        .with_federation(federation.clone());
+        .with_federation(federation.clone())
+        .with_rate_limits(rate_limits.0, rate_limits.1);
         let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer, assets)
             .with_federation(federation);
 
@@ -273,7 +299,8 @@ impl Instance {
             admin_key,
             http: reqwest::Client::new(),
             db: Some(db),
-            _redis: redis,
+            redis,
+            rate_limits,
             _assets: assets_dir,
             stop,
             tasks,
@@ -298,6 +325,36 @@ impl Instance {
             ensure!(ready, "{} never became ready at {url}", self.name);
         }
         Ok(())
+    }
+
+    /// Starts one more gateway on this instance's database, Redis and stream service, as
+    /// another replica would run in its own process (its own connections, its own audit
+    /// writer); returns its base URL. It stops with the instance.
+    pub async fn start_another_gateway(&mut self) -> anyhow::Result<Url> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = Url::parse(&format!("http://{}/", listener.local_addr()?))?;
+        let redis_settings = RedisSettings { redis_url: self.redis.url() };
+        let signing = SigningSettings::default();
+        let signer = velour_db::secrets::url_signer(self.pool(), &signing).await?;
+        let state = velour_gateway::GatewayState::new(
+            self.pool().clone(),
+            &redis_settings,
+            self.stream_base.clone(),
+            format!("Velour {}", self.name),
+        )
+        .await?
+        .with_url_signing(signer, signing.signed_url_ttl())
+        .with_rate_limits(self.rate_limits.0, self.rate_limits.1);
+        let stop = self.stop.clone().cancelled_owned();
+        self.tasks.push(tokio::spawn(velour_gateway::serve(listener, state, stop)));
+        let health = base.join("healthz")?;
+        for _ in 0..200 {
+            if self.http.get(health.clone()).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(base);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("the second gateway of {} never became ready", self.name)
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -6,7 +6,7 @@ use crate::catalog::ApiTags;
 use crate::error::{ApiError, connection_code};
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use secrecy::ExposeSecret;
@@ -14,9 +14,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use url::Url;
 use velour_core::{ConnectionStatus, Permissions, StorageType};
+use velour_db::audit::{AuditFilter, AuditRow};
 use velour_db::keys::{KeyOwner, NewKey};
 use velour_db::locations::{LocationRow, NewLocation};
 use velour_db::scans::ScanRunRow;
+use velour_peer::Pagination;
 use velour_storage::s3::{S3Error, S3Settings};
 
 /// What a key may do.
@@ -455,5 +457,95 @@ impl AdminApi {
             .map(|s| SkippedFile { path: s.path, reason: s.reason })
             .collect();
         Ok(Json(scan_run_json(run, skipped)))
+    }
+
+    /// The audit log of federated requests (those made with non-admin keys), newest first.
+    #[oai(path = "/audit", method = "get", operation_id = "list_audit_entries")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "poem-openapi documents each query parameter only as its own argument"
+    )]
+    async fn list_audit(
+        &self,
+        _auth: AdminKeyAuth,
+        state: Data<&GatewayState>,
+        /// Only requests made with this key.
+        key_id: Query<Option<i64>>,
+        /// Only requests made with keys of this federation connection.
+        connection_id: Query<Option<i64>>,
+        /// Only this action, e.g. `catalog.list_works` or `stream.video`.
+        action: Query<Option<String>>,
+        /// Only requests answered with this HTTP status.
+        status: Query<Option<i32>>,
+        /// RFC 3339: only requests at or after this instant.
+        since: Query<Option<DateTime<Utc>>>,
+        /// RFC 3339: only requests before this instant.
+        until: Query<Option<DateTime<Utc>>>,
+        /// Page number, from 1.
+        page: Query<Option<i64>>,
+        /// Entries per page, 1 to 100 (default 50).
+        per_page: Query<Option<i64>>,
+    ) -> Result<Json<AuditPage>, ApiError> {
+        let page = velour_db::PageRequest::new(page.0, per_page.0)
+            .map_err(|e| ApiError::bad_request("invalid-pagination", e.to_string()))?;
+        let filter = AuditFilter {
+            api_key_id: key_id.0,
+            federation_connection_id: connection_id.0,
+            action: action.0,
+            status: status.0,
+            since: since.0,
+            until: until.0,
+        };
+        let (rows, total) = velour_db::audit::list_entries(&state.pool, &filter, page)
+            .await
+            .map_err(|e| ApiError::from_db(e, "audit entries"))?;
+        Ok(Json(AuditPage {
+            entries: rows.into_iter().map(audit_entry_json).collect(),
+            pagination: Pagination {
+                current_page: i64::from(page.page()),
+                total_pages: page.total_pages(total),
+                total_count: total,
+            },
+        }))
+    }
+}
+
+/// One federated request.
+#[derive(Debug, Object)]
+pub struct AuditEntryJson {
+    pub id: i64,
+    /// The key the request was made with.
+    pub key_id: i64,
+    /// The federation connection that key was issued for, if any.
+    pub connection_id: Option<i64>,
+    /// What was asked, e.g. `catalog.list_works`, `stream.video`.
+    pub action: String,
+    /// The id the request was about (a video, a work), if any.
+    pub target: Option<String>,
+    /// The HTTP status answered.
+    pub status: i32,
+    /// Body bytes sent; for a stream, what went out before it ended or was cut off.
+    pub bytes_sent: i64,
+    /// When the request arrived.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/admin/audit`.
+#[derive(Debug, Object)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntryJson>,
+    pub pagination: Pagination,
+}
+
+fn audit_entry_json(row: AuditRow) -> AuditEntryJson {
+    AuditEntryJson {
+        id: row.id,
+        key_id: row.api_key_id,
+        connection_id: row.federation_connection_id,
+        action: row.action,
+        target: row.target,
+        status: row.status,
+        bytes_sent: row.bytes_sent,
+        occurred_at: row.occurred_at,
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::GatewayState;
 use crate::error::ApiError;
+use crate::ratelimit::PreAuthenticated;
 use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
@@ -25,6 +26,10 @@ async fn check_admin_key(req: &Request, bearer: Bearer) -> poem::Result<Authenti
 }
 
 async fn check_key(req: &Request, bearer: Bearer) -> poem::Result<AuthenticatedKey> {
+    // The federation middleware already looked this request's key up.
+    if let Some(PreAuthenticated(key)) = req.extensions().get::<PreAuthenticated>() {
+        return Ok(key.clone());
+    }
     let state = req.data::<GatewayState>().ok_or_else(|| {
         poem::Error::from(ApiError::internal(&"gateway state missing from the request"))
     })?;

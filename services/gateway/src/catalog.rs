@@ -3,14 +3,17 @@
 use crate::GatewayState;
 use crate::auth::ApiKeyAuth;
 use crate::error::ApiError;
-use chrono::Utc;
+use chrono::{DateTime, SecondsFormat, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{OpenApi, Tags};
 use velour_db::PageRequest;
 use velour_db::catalog::{VideoRow, WorkWithVideos};
-use velour_peer::{InstanceInfo, Pagination, Ping, Video, VideosPage, Work, WorkVideo, WorksPage};
+use velour_peer::{
+    InstanceInfo, Pagination, Ping, SYNC_CAPABILITY, SyncState, Tombstone, Video, VideosPage, Work,
+    WorkVideo, WorksPage,
+};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -126,6 +129,10 @@ fn work(listed: WorkWithVideos, access: MetadataAccess) -> Work {
     }
 }
 
+fn tombstone(row: velour_db::catalog::Tombstone) -> Tombstone {
+    Tombstone { kind: row.kind, id: row.id, work_id: row.work_id, removed_at: row.removed_at }
+}
+
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Catalog")]
 impl CatalogApi {
     /// Is the instance up, and does it accept this key?
@@ -153,10 +160,16 @@ impl CatalogApi {
             total_works: totals.total_works,
             total_videos: totals.total_videos,
             total_storage: totals.total_storage,
+            capabilities: vec![SYNC_CAPABILITY.to_owned()],
         }))
     }
 
     /// Works with their videos, by title. Peers read every page of this to sync.
+    ///
+    /// Velour's extension (capability `works.updated_since` in `/instance`): with
+    /// `updated_since`, only the works changed since then are listed, and `sync.deleted`
+    /// holds the tombstones of videos and works removed since then. Every answer carries
+    /// `sync.cursor`, the `updated_since` to use next time once all pages are read.
     #[oai(path = "/works", method = "get", operation_id = "list_works")]
     async fn works(
         &self,
@@ -166,15 +179,41 @@ impl CatalogApi {
         page: Query<Option<i64>>,
         /// Works per page, 1 to 100 (default 50).
         per_page: Query<Option<i64>>,
+        /// RFC 3339. Only works changed at or after this instant, with the tombstones of
+        /// what was removed since; pass the `sync.cursor` of the previous listing.
+        updated_since: Query<Option<DateTime<Utc>>>,
     ) -> Result<Json<WorksPage>, ApiError> {
         auth.require_read()?;
         let page = page_request(page.0, per_page.0)?;
-        let (works, total) = velour_db::catalog::list_works(&state.pool, page)
-            .await
-            .map_err(|e| ApiError::from_db(e, "works"))?;
+        let db = |e| ApiError::from_db(e, "works");
+        // Taken before the rows are read, so that nothing written meanwhile is missed.
+        let cursor = velour_db::catalog::sync_cursor(&state.pool).await.map_err(db)?;
+        let cursor = cursor.to_rfc3339_opts(SecondsFormat::Micros, true);
+
+        let Some(since) = updated_since.0 else {
+            let (works, total) =
+                velour_db::catalog::list_works(&state.pool, page).await.map_err(db)?;
+            let sync = SyncState { cursor, deleted: Vec::new(), deleted_count: 0 };
+            return Ok(Json(WorksPage {
+                works: works.into_iter().map(|w| work(w, MetadataAccess::of(&auth))).collect(),
+                pagination: pagination(page, total),
+                sync: Some(sync),
+            }));
+        };
+        let (works, total) =
+            velour_db::catalog::list_changed_works(&state.pool, since, page).await.map_err(db)?;
+        let (deleted, deleted_count) =
+            velour_db::catalog::list_tombstones(&state.pool, since, page).await.map_err(db)?;
+        let mut pagination = pagination(page, total);
+        pagination.total_pages = pagination.total_pages.max(page.total_pages(deleted_count));
         Ok(Json(WorksPage {
             works: works.into_iter().map(|w| work(w, MetadataAccess::of(&auth))).collect(),
-            pagination: pagination(page, total),
+            pagination,
+            sync: Some(SyncState {
+                cursor,
+                deleted: deleted.into_iter().map(tombstone).collect(),
+                deleted_count,
+            }),
         }))
     }
 

@@ -56,6 +56,16 @@ pub enum ApiError {
     /// The request body is larger than this API accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// This key made more calls than its hourly quota allows (federated keys only). Retry
+    /// after `Retry-After` seconds; `RateLimit` and `RateLimit-Policy` follow
+    /// draft-ietf-httpapi-ratelimit-headers.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        #[oai(header = "Retry-After")] String,
+        #[oai(header = "RateLimit")] String,
+        #[oai(header = "RateLimit-Policy")] String,
+    ),
     /// No part of the requested range lies within the video.
     #[oai(status = 416)]
     RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] Option<String>),

@@ -2,6 +2,7 @@
 //! streams to the stream service, and documents all of it in OpenAPI.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod connections;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod playback;
+pub mod ratelimit;
 pub mod stream;
 
 use crate::error::ApiError;
@@ -45,6 +47,10 @@ pub struct GatewayState {
     pub signed_url_ttl: Duration,
     pub connection_tests: TestConnectionStorage,
     pub federation: FederationSettings,
+    /// Per-key hourly quotas of federated calls, counted in Redis.
+    pub rate_limiter: ratelimit::RateLimiter,
+    /// Where federated requests leave their audit entries.
+    pub audit: audit::AuditSink,
 }
 
 impl GatewayState {
@@ -62,7 +68,13 @@ impl GatewayState {
             .read_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let defaults = (
+            GatewaySettings::DEFAULT_RATE_LIMIT_PER_HOUR,
+            GatewaySettings::DEFAULT_STREAM_RATE_LIMIT_PER_HOUR,
+        );
         Ok(Self {
+            rate_limiter: ratelimit::RateLimiter::new(conn.clone(), defaults.0, defaults.1),
+            audit: audit::AuditSink::start(pool.clone()),
             pool,
             scans: velour_jobs::scan_storage(conn.clone()),
             connection_tests: velour_jobs::test_connection_storage(conn),
@@ -99,6 +111,13 @@ impl GatewayState {
                 "federation is turned off on this instance (FEDERATION_ENABLED=false)",
             ))
         }
+    }
+
+    /// Limits each non-admin key to `catalog` catalog calls and `stream` stream calls an
+    /// hour.
+    pub fn with_rate_limits(mut self, catalog: u32, stream: u32) -> Self {
+        self.rate_limiter = ratelimit::RateLimiter::new(self.rate_limiter.redis(), catalog, stream);
+        self
     }
 
     /// Pushes the job for a scan run just created. If Redis will not take it, the run is
@@ -172,6 +191,7 @@ pub fn app(state: GatewayState) -> impl poem::Endpoint {
     let api = api_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let federation = ratelimit::Federation::new(state.clone());
     Route::new()
         .nest("/", api)
         .at(SPEC_PATH, spec)
@@ -180,6 +200,7 @@ pub fn app(state: GatewayState) -> impl poem::Endpoint {
         .data(state)
         .around(limits::limit_body)
         .catch_all_error(error::render_any_error)
+        .with(federation)
         .with(Tracing)
 }
 
@@ -214,7 +235,11 @@ pub async fn run(
     let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
         .await?
         .with_url_signing(signer, signing.signed_url_ttl())
-        .with_federation(federation.clone());
+        .with_federation(federation.clone())
+        .with_rate_limits(
+            gateway.federation_rate_limit_per_hour,
+            gateway.federation_stream_rate_limit_per_hour,
+        );
     let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
     })?;

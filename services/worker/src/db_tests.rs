@@ -278,12 +278,19 @@ enum PeerMode {
     EmptyFirstPage,
     ClaimsHugeListing,
     HostileEntries,
+    /// Advertises `works.updated_since`: hands out cursor `c1` with the full listing,
+    /// then `c2` with the changes since `c1`, and nothing changed since `c2`.
+    Syncing,
+    /// As `Syncing`, but the second page of changes since `c1` fails.
+    SyncingSecondChangePageFails,
 }
 
 /// A peer speaking just enough HTTP/1.1 for the client: one request per connection.
 struct FakePeer {
     url: Url,
     mode: Arc<Mutex<PeerMode>>,
+    /// Every request target, in order.
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakePeer {
@@ -291,21 +298,31 @@ impl FakePeer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
         let mode = Arc::new(Mutex::new(PeerMode::TwoPages));
-        let shared = mode.clone();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (shared, log) = (mode.clone(), requests.clone());
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(answer(socket, shared.clone()));
+                tokio::spawn(answer(socket, shared.clone(), log.clone()));
             }
         });
-        Self { url, mode }
+        Self { url, mode, requests }
     }
 
     fn set(&self, mode: PeerMode) {
         *self.mode.lock().unwrap() = mode;
     }
+
+    /// The requests made since the last call.
+    fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
 }
 
-async fn answer(mut socket: TcpStream, mode: Arc<Mutex<PeerMode>>) {
+async fn answer(
+    mut socket: TcpStream,
+    mode: Arc<Mutex<PeerMode>>,
+    requests: Arc<Mutex<Vec<String>>>,
+) {
     let mut request = Vec::new();
     let mut chunk = [0; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -316,6 +333,7 @@ async fn answer(mut socket: TcpStream, mode: Arc<Mutex<PeerMode>>) {
     }
     let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
     let target = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    requests.lock().unwrap().push(target.clone());
     let authorized = head.contains("authorization: bearer peer-key");
     let mode = *mode.lock().unwrap();
     let (status, body) = route(mode, &target, authorized);
@@ -339,6 +357,10 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
         .and_then(|p| p.parse().ok())
         .unwrap_or(1);
     let ok = |body: Value| ("200 OK", body.to_string());
+    if matches!(mode, PeerMode::Syncing | PeerMode::SyncingSecondChangePageFails) {
+        let since = query.split('&').find_map(|pair| pair.strip_prefix("updated_since="));
+        return route_syncing(mode, path, since, page);
+    }
     match path {
         "/api/v1/ping" => ok(json!({ "status": "ok", "timestamp": "2026-01-01T00:00:00Z" })),
         "/api/v1/instance" => ok(json!({ "name": "Fake", "version": "0.1.0", "total_works": 2 })),
@@ -353,6 +375,48 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
             (_, 2) => ok(works_page(2, 2, vec![big_buck_bunny()])),
             (_, n) => ok(works_page(n, 2, vec![])),
         },
+        _ => ("404 Not Found", "{}".to_owned()),
+    }
+}
+
+/// A peer with incremental listings. Since `c1`, Amélie's video grew and Big Buck Bunny's
+/// only video went (its tombstone alone on page 2).
+fn route_syncing(
+    mode: PeerMode,
+    path: &str,
+    since: Option<&str>,
+    page: i64,
+) -> (&'static str, String) {
+    let ok = |body: Value| ("200 OK", body.to_string());
+    let sync = |mut body: Value, cursor: &str, deleted: Vec<Value>| {
+        let count = deleted.len();
+        body["sync"] = json!({ "cursor": cursor, "deleted": deleted, "deleted_count": count });
+        ok(body)
+    };
+    match (path, since, page) {
+        ("/api/v1/ping", _, _) => {
+            ok(json!({ "status": "ok", "timestamp": "2026-01-01T00:00:00Z" }))
+        }
+        ("/api/v1/instance", _, _) => ok(json!({
+            "name": "Fake", "version": "0.1.0", "total_works": 2,
+            "capabilities": ["works.updated_since"]
+        })),
+        ("/api/v1/works", None, 1) => sync(works_page(1, 2, vec![amelie()]), "c1", vec![]),
+        ("/api/v1/works", None, 2) => sync(works_page(2, 2, vec![big_buck_bunny()]), "c1", vec![]),
+        ("/api/v1/works", Some("c1"), 1) => {
+            let mut grown = amelie();
+            grown["videos"][0]["file_size"] = json!(4321);
+            sync(works_page(1, 2, vec![grown]), "c2", vec![])
+        }
+        ("/api/v1/works", Some("c1"), 2) if mode == PeerMode::SyncingSecondChangePageFails => {
+            ("500 Internal Server Error", "{}".to_owned())
+        }
+        ("/api/v1/works", Some("c1"), 2) => {
+            let gone = json!({ "type": "video", "id": 21, "work_id": 2,
+                               "removed_at": "2026-01-01T00:00:00Z" });
+            sync(works_page(2, 2, vec![]), "c2", vec![gone])
+        }
+        ("/api/v1/works", Some("c2"), 1) => sync(works_page(1, 0, vec![]), "c2", vec![]),
         _ => ("404 Not Found", "{}".to_owned()),
     }
 }
@@ -541,6 +605,63 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         ));
         let error = get_scan_run(&pool, run_id).await.unwrap().error.unwrap_or_default();
         assert_eq!(error, "the peer refused our key on /api/v1/ping (HTTP 401)");
+    })
+    .await;
+}
+
+async fn stored_cursor(pool: &PgPool, location: i64) -> Option<String> {
+    velour_db::locations::sync_cursor(pool, location).await.unwrap()
+}
+
+#[tokio::test]
+async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_complete_scans() {
+    with_database(|pool| async move {
+        let peer = FakePeer::start().await;
+        peer.set(PeerMode::Syncing);
+        let state = state(&pool);
+        let config = json!({ "remote_instance_url": peer.url.as_str() });
+        let location = add_location(&pool, "Peer", StorageType::Velour, config).await;
+
+        // The first scan reads everything and keeps the cursor of its first page.
+        let (_, counts) = scan(&state, location).await;
+        let expected = ScanCounts { works_added: 2, videos_added: 2, ..only_seen(2, 2) };
+        assert_eq!(counts.unwrap(), expected);
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
+        peer.take_requests();
+
+        // Changes whose second page fails: the run fails and the cursor stays where it was.
+        peer.set(PeerMode::SyncingSecondChangePageFails);
+        let (_, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::Peer(_)))), "{outcome:?}");
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
+
+        // Read again in full: the grown video is updated, the tombstone removes Big Buck
+        // Bunny's video, and with it the work from the listing.
+        peer.set(PeerMode::Syncing);
+        let (_, counts) = scan(&state, location).await;
+        let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(1, 1) };
+        assert_eq!(counts.unwrap(), expected);
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c2"));
+        let page = PageRequest::new(None, None).unwrap();
+        let (works, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        assert_eq!(total, 1);
+        assert_eq!(works[0].videos[0].file_size, 4321);
+
+        // Unchanged since: one request, nothing written.
+        peer.take_requests();
+        let before = stamps(&pool).await;
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap(), ScanCounts::default());
+        assert_eq!(peer.take_requests(), ["/api/v1/works?updated_since=c2&page=1&per_page=100"]);
+        assert_eq!(stamps(&pool).await, before);
+
+        // A peer that stops listing changes gets a full scan, which brings back what it
+        // lists again, and no cursor is kept.
+        peer.set(PeerMode::TwoPages);
+        let (_, counts) = scan(&state, location).await;
+        let expected = ScanCounts { videos_added: 1, videos_updated: 1, ..only_seen(2, 2) };
+        assert_eq!(counts.unwrap(), expected);
+        assert_eq!(stored_cursor(&pool, location).await, None);
     })
     .await;
 }
@@ -1173,6 +1294,47 @@ async fn a_connection_test_records_an_unreachable_peer_and_a_switched_off_federa
         velour_db::connections::delete_connection(&pool, connection.id).await.unwrap();
         let gone = crate::test_connection(&state, connection.id).await;
         assert!(matches!(gone, Err(velour_db::DbError::NotFound)), "{gone:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_write_committed_after_the_cursor_was_taken_is_in_the_next_changes() {
+    with_database(|pool| async move {
+        let config = json!({ "path": "/nonexistent" });
+        let location = add_location(&pool, "Films", StorageType::Local, config).await;
+        let page = PageRequest::new(None, None).unwrap();
+
+        // A scan's transaction stamps its rows with its start time, then commits late.
+        let mut late = pool.begin().await.unwrap();
+        let work: i64 =
+            sqlx::query_scalar("INSERT INTO works (title) VALUES ('Late') RETURNING id")
+                .fetch_one(&mut *late)
+                .await
+                .unwrap();
+        sqlx::query(
+            "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+             VALUES ($1, $2, 'late.mp4', 'late.mp4', 1)",
+        )
+        .bind(work)
+        .bind(location)
+        .execute(&mut *late)
+        .await
+        .unwrap();
+        // Longer than the cursor's overlap, so only the open transaction can hold it back.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let cursor = velour_db::catalog::sync_cursor(&pool).await.unwrap();
+        late.commit().await.unwrap();
+
+        let (works, total) =
+            velour_db::catalog::list_changed_works(&pool, cursor, page).await.unwrap();
+        assert_eq!((total, works[0].work.title.as_str()), (1, "Late"));
+
+        // With nothing open, the cursor moves past it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let later = velour_db::catalog::sync_cursor(&pool).await.unwrap();
+        let (_, total) = velour_db::catalog::list_changed_works(&pool, later, page).await.unwrap();
+        assert_eq!(total, 0);
     })
     .await;
 }

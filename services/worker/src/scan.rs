@@ -367,14 +367,22 @@ impl Tally {
         self.works_seen.extend(other.works_seen);
         self.works_added.extend(other.works_added);
         self.works_updated.extend(other.works_updated);
+        self.removed(other.sweep);
+    }
+
+    /// Adds removals reported by the peer (tombstones) to what the scan removed.
+    pub fn removed(&mut self, sweep: Sweep) {
+        self.sweep.videos_removed += sweep.videos_removed;
+        self.sweep.works_removed += sweep.works_removed;
     }
 
     pub fn seen_video_ids(&self) -> Vec<i64> {
         self.videos_seen.iter().copied().collect()
     }
 
+    /// Adds what the final sweep of a complete scan removed.
     pub fn swept(&mut self, sweep: Sweep) {
-        self.sweep = sweep;
+        self.removed(sweep);
     }
 
     pub fn counts(&self) -> ScanCounts {

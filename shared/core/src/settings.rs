@@ -83,6 +83,29 @@ pub struct GatewaySettings {
         default_value = "Velour Instance"
     )]
     pub instance_name: String,
+
+    /// Catalog calls (ping, instance, works, videos, search) one non-admin key may make per
+    /// hour, shared by every gateway replica through Redis. Bursts up to the whole quota
+    /// are allowed; it then refills evenly over the hour (GCRA).
+    #[arg(
+        long = "federation-rate-limit-per-hour",
+        env = "FEDERATION_RATE_LIMIT_PER_HOUR",
+        value_name = "FEDERATION_RATE_LIMIT_PER_HOUR",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub federation_rate_limit_per_hour: u32,
+
+    /// Stream calls (video bytes, thumbnails, signed URLs) one non-admin key may make per
+    /// hour, counted apart from catalog calls.
+    #[arg(
+        long = "federation-stream-rate-limit-per-hour",
+        env = "FEDERATION_STREAM_RATE_LIMIT_PER_HOUR",
+        value_name = "FEDERATION_STREAM_RATE_LIMIT_PER_HOUR",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub federation_stream_rate_limit_per_hour: u32,
 }
 
 /// Federation with peers: whether it is on, how many peers, and how their keys live.
@@ -174,6 +197,11 @@ pub struct StreamAddrSettings {
 }
 
 impl GatewaySettings {
+    /// `FEDERATION_RATE_LIMIT_PER_HOUR`'s default, as the original design has it.
+    pub const DEFAULT_RATE_LIMIT_PER_HOUR: u32 = 5000;
+    /// `FEDERATION_STREAM_RATE_LIMIT_PER_HOUR`'s default, as the original design has it.
+    pub const DEFAULT_STREAM_RATE_LIMIT_PER_HOUR: u32 = 1000;
+
     /// The stream service's base URL: `VELOUR_STREAM_URL`, else derived from its address.
     pub fn stream_base_url(&self, stream: &StreamAddrSettings) -> Result<Url, url::ParseError> {
         if let Some(url) = &self.stream_url {
@@ -528,6 +556,8 @@ mod tests {
             gateway_addr: "127.0.0.1:3000".parse().unwrap(),
             stream_url: None,
             instance_name: "x".into(),
+            federation_rate_limit_per_hour: 5000,
+            federation_stream_rate_limit_per_hour: 1000,
         };
         let stream = StreamAddrSettings { stream_addr: "0.0.0.0:4001".parse().unwrap() };
         assert_eq!(gateway.stream_base_url(&stream).unwrap().as_str(), "http://127.0.0.1:4001/");

@@ -82,8 +82,14 @@ pub async fn upsert_work(
     // then makes ours do nothing, and the next look-up (a new statement, so a new snapshot)
     // sees its row. Two rounds are enough for that; a third would mean the row vanished.
     for _ in 0..3 {
-        if let Some(id) = find_work(conn, work.title, work.year).await? {
-            let filled = fill_work(conn, id, work).await?;
+        if let Some(found) = find_work(conn, work.title, work.year).await? {
+            let id = found.id;
+            // Only a work that lacks a fact the scan has is written (one round trip less
+            // per work on rescans).
+            let fills = (found.lacks_description && work.description.is_some())
+                || (found.lacks_director && work.director.is_some())
+                || (found.lacks_rating && work.rating.is_some());
+            let filled = fills && fill_work(conn, id, work).await?;
             let change = if filled { WorkChange::Filled } else { WorkChange::Unchanged };
             return Ok((id, change));
         }
@@ -110,15 +116,26 @@ pub async fn upsert_work(
     )))
 }
 
+/// An existing work, and which facts it lacks.
+#[derive(sqlx::FromRow)]
+struct ExistingWork {
+    id: i64,
+    lacks_description: bool,
+    lacks_director: bool,
+    lacks_rating: bool,
+}
+
 async fn find_work(
     conn: &mut PgConnection,
     title: &str,
     year: Option<i32>,
-) -> Result<Option<i64>, DbError> {
+) -> Result<Option<ExistingWork>, DbError> {
     // `year IS NOT DISTINCT FROM $2` cannot use an index; this form lets the unique index
     // on (title, year) find the title, then filters its few rows by year.
-    let id = sqlx::query_scalar(
-        "SELECT id FROM works
+    let id = sqlx::query_as(
+        "SELECT id, description IS NULL AS lacks_description, director IS NULL AS lacks_director,
+                rating IS NULL AS lacks_rating
+         FROM works
          WHERE title = $1 AND (year = $2 OR (year IS NULL AND $2::INTEGER IS NULL))",
     )
     .bind(title)
@@ -399,4 +416,35 @@ pub async fn forget_unindexable_except(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Marks the given videos of a location removed: the peer reported them gone (tombstones of
+/// an incremental listing). Keys not present here are ignored.
+pub async fn remove_videos_by_source_key(
+    conn: &mut PgConnection,
+    location_id: i64,
+    source_keys: &[String],
+) -> Result<Sweep, DbError> {
+    if source_keys.is_empty() {
+        return Ok(Sweep::default());
+    }
+    // Same shape as `remove_unseen_videos`: the outer SELECT's snapshot predates the UPDATE.
+    let sweep = sqlx::query_as(
+        "WITH removed AS (
+            UPDATE videos SET removed_at = now(), updated_at = now()
+            WHERE storage_location_id = $1 AND removed_at IS NULL AND source_key = ANY($2)
+            RETURNING id, work_id
+         )
+         SELECT (SELECT count(*) FROM removed) AS videos_removed,
+                (SELECT count(DISTINCT r.work_id) FROM removed r
+                 WHERE NOT EXISTS (
+                    SELECT 1 FROM videos v
+                    WHERE v.work_id = r.work_id AND v.removed_at IS NULL
+                      AND v.id NOT IN (SELECT id FROM removed))) AS works_removed",
+    )
+    .bind(location_id)
+    .bind(source_keys)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(sweep)
 }

@@ -4,6 +4,7 @@
 //! workspace builds from a clean clone without a live database or a `.sqlx` cache.
 
 pub mod assets;
+pub mod audit;
 pub mod catalog;
 pub mod connections;
 pub mod ingest;

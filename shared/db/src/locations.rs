@@ -127,3 +127,24 @@ pub async fn set_peer_api_key(pool: &PgPool, id: i64, api_key: &str) -> Result<(
     .rows_affected();
     if updated == 0 { Err(DbError::NotFound) } else { Ok(()) }
 }
+
+/// The cursor a peer location's last complete scan ended with, if any.
+pub async fn sync_cursor(pool: &PgPool, id: i64) -> Result<Option<String>, DbError> {
+    let cursor: Option<Option<String>> =
+        sqlx::query_scalar("SELECT sync_cursor FROM storage_locations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    cursor.ok_or(DbError::NotFound)
+}
+
+/// Stores (or with `None`, forgets) a peer location's sync cursor. Call it only after a
+/// scan that read everything up to that cursor.
+pub async fn set_sync_cursor(pool: &PgPool, id: i64, cursor: Option<&str>) -> Result<(), DbError> {
+    sqlx::query("UPDATE storage_locations SET sync_cursor = $2 WHERE id = $1")
+        .bind(id)
+        .bind(cursor)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -120,7 +120,7 @@ impl PeerClient {
     /// Asks the peer for our key's successor. The old key keeps working for the peer's
     /// grace period; the caller must store the new one and use it from now on.
     pub async fn rotate_key(&self) -> Result<RotatedKey, PeerError> {
-        self.send_json(reqwest::Method::POST, "api/v1/keys/rotate").await
+        self.send_json(reqwest::Method::POST, self.url("api/v1/keys/rotate")?).await
     }
 
     /// The same peer with another key (the successor a rotation returned).
@@ -131,6 +131,23 @@ impl PeerClient {
     /// One page of the peer's works.
     pub async fn works_page(&self, page: u32, per_page: u32) -> Result<WorksPage, PeerError> {
         self.get_json(&format!("api/v1/works?page={page}&per_page={per_page}")).await
+    }
+
+    /// One page of the works changed since `cursor` (a `sync.cursor` the peer gave us),
+    /// with the tombstones of what it removed. Only for peers that advertise
+    /// `works.updated_since`; others ignore the parameter and list everything.
+    pub async fn works_page_since(
+        &self,
+        cursor: &str,
+        page: u32,
+        per_page: u32,
+    ) -> Result<WorksPage, PeerError> {
+        let mut url = self.url("api/v1/works")?;
+        url.query_pairs_mut()
+            .append_pair("updated_since", cursor)
+            .append_pair("page", &page.to_string())
+            .append_pair("per_page", &per_page.to_string());
+        self.get_json_at(url).await
     }
 
     /// The URL of a video's bytes on the peer.
@@ -178,15 +195,18 @@ impl PeerClient {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, PeerError> {
-        self.send_json(reqwest::Method::GET, path_and_query).await
+        self.send_json(reqwest::Method::GET, self.url(path_and_query)?).await
+    }
+
+    async fn get_json_at<T: DeserializeOwned>(&self, url: Url) -> Result<T, PeerError> {
+        self.send_json(reqwest::Method::GET, url).await
     }
 
     async fn send_json<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
-        path_and_query: &str,
+        url: Url,
     ) -> Result<T, PeerError> {
-        let url = self.url(path_and_query)?;
         let path = url.path().to_owned();
         let response = self
             .http

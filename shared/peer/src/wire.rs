@@ -30,7 +30,17 @@ pub struct InstanceInfo {
     /// Bytes held by present videos.
     #[serde(default)]
     pub total_storage: i64,
+    /// Velour's extensions to the original design that this instance supports, such as
+    /// `works.updated_since` (incremental listings, see `GET /api/v1/works`). Instances of
+    /// the original design send none.
+    #[serde(default)]
+    #[oai(default)]
+    pub capabilities: Vec<String>,
 }
+
+/// The capability of `GET /api/v1/works?updated_since=`: changed works, tombstones and a
+/// cursor in `sync`.
+pub const SYNC_CAPABILITY: &str = "works.updated_since";
 
 /// Where a listing stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Object)]
@@ -100,6 +110,44 @@ pub struct Work {
 pub struct WorksPage {
     pub works: Vec<Work>,
     pub pagination: Pagination,
+    /// Velour's extension for incremental sync; absent from instances of the original
+    /// design, which peers then read in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub sync: Option<SyncState>,
+}
+
+/// Where a listing leaves a peer that syncs incrementally.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct SyncState {
+    /// Pass this back as `updated_since` next time, once every page of this listing has
+    /// been read. It is the server's own clock, reaching back before any write that may
+    /// still be in progress, so nothing committed late is missed (a few changes may be
+    /// sent twice).
+    pub cursor: String,
+    /// With `updated_since`: the videos and works removed since then, one page of them
+    /// (the same page number and size as the works). Without it: empty, the listing being
+    /// complete.
+    #[serde(default)]
+    pub deleted: Vec<Tombstone>,
+    /// With `updated_since`: how many tombstones there are in all. `pagination` counts the
+    /// changed works, and its `total_pages` covers the tombstones' pages too.
+    #[serde(default)]
+    pub deleted_count: i64,
+}
+
+/// A video or work that left the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct Tombstone {
+    /// `video` or `work`.
+    #[serde(rename = "type")]
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub id: i64,
+    /// The work a removed video was listed under.
+    #[serde(default)]
+    pub work_id: Option<i64>,
+    pub removed_at: DateTime<Utc>,
 }
 
 /// A video on its own (`GET /api/v1/videos/{id}` and search), naming its work.
@@ -219,6 +267,19 @@ mod tests {
         let page: WorksPage = serde_json::from_str(SEED_STYLE_PAGE).unwrap();
         assert_eq!(page.works[0].videos[0].file_size, 1_055_736);
         assert_eq!(page.pagination.total_count, 1);
+    }
+
+    #[test]
+    fn a_seed_style_page_has_no_sync_state_and_ours_parse_back() {
+        let page: WorksPage = serde_json::from_str(SEED_STYLE_PAGE).unwrap();
+        assert_eq!(page.sync, None);
+        let ours = r#"{"works": [], "pagination": {"current_page": 1, "total_pages": 0,
+            "total_count": 0}, "sync": {"cursor": "2026-12-03T19:00:00.000001Z",
+            "deleted": [{"type": "video", "id": 3, "work_id": 1,
+            "removed_at": "2026-12-03T19:00:00Z"}], "deleted_count": 1}}"#;
+        let page: WorksPage = serde_json::from_str(ours).unwrap();
+        let sync = page.sync.unwrap();
+        assert_eq!((sync.deleted[0].kind.as_str(), sync.deleted[0].id), ("video", 3));
     }
 
     #[test]

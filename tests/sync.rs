@@ -1,0 +1,173 @@
+//! Incremental sync between two instances, tombstones, and indexed search.
+
+use anyhow::Context;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use velour_tests::{Instance, expect_json, make_video};
+
+const H264_AAC: &[&str] = &["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"];
+
+/// Issues a member key on `instance`; returns (id, key).
+async fn member_key(instance: &Instance, name: &str) -> anyhow::Result<(i64, String)> {
+    let body = json!({ "name": name, "permissions": {
+        "can_read": true, "can_stream": true, "can_metadata": true } });
+    let created = instance.post_json("/api/v1/admin/api_keys", &body, StatusCode::CREATED).await?;
+    let id = created["id"].as_i64().context("no key id")?;
+    Ok((id, created["key"].as_str().context("no key")?.to_owned()))
+}
+
+fn counts(run: &Value, group: &str) -> [i64; 4] {
+    ["seen", "added", "updated", "removed"].map(|k| run[group][k].as_i64().unwrap_or(-1))
+}
+
+/// The audit entries of `key_id` on `instance`, once `expected` of them are written.
+async fn audit_entries(
+    instance: &Instance,
+    query: &str,
+    expected: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        let page = instance.get_json(&format!("/api/v1/admin/audit?{query}")).await?;
+        entries = page["entries"].as_array().cloned().unwrap_or_default();
+        if entries.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(entries)
+}
+
+async fn sync_cursor(instance: &Instance, location: i64) -> anyhow::Result<Option<String>> {
+    let cursor = sqlx::query_scalar("SELECT sync_cursor FROM storage_locations WHERE id = $1")
+        .bind(location)
+        .fetch_one(instance.pool())
+        .await?;
+    Ok(cursor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow::Result<()> {
+    let library = tempfile::tempdir()?;
+    make_video(&library.path().join("Alpha (2001)/alpha.mp4"), H264_AAC, 1)?;
+    make_video(&library.path().join("Beta.mp4"), H264_AAC, 1)?;
+    make_video(&library.path().join("Gamma.mp4"), H264_AAC, 1)?;
+    let a = Instance::start("A").await?;
+    let b = Instance::start("B").await?;
+    let folder = a.add_local_location("films", library.path()).await?;
+    a.scan(folder).await?;
+    let (key_id, key) = member_key(&a, "B").await?;
+
+    // A advertises the extension, beside the original design's fields.
+    let info = a.http.get(a.url("/api/v1/instance")).bearer_auth(&key).send().await?;
+    let info = expect_json(info, StatusCode::OK).await?;
+    assert_eq!(info["capabilities"], json!(["works.updated_since"]), "{info}");
+    assert_eq!(info["total_works"], 3);
+
+    // The first scan reads everything and keeps A's cursor.
+    let peer = b.add_peer_location("A", &a, &key).await?;
+    let first = b.scan(peer).await?;
+    assert_eq!(counts(&first, "videos"), [3, 3, 0, 0], "{first}");
+    let cursor = sync_cursor(&b, peer).await?.context("no cursor after a complete scan")?;
+
+    // Unchanged: the rescan is one request to A, and changes nothing.
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let query = format!("key_id={key_id}&since={}", urlencode(&since));
+    let rescan = b.scan(peer).await?;
+    assert_eq!(counts(&rescan, "videos"), [0, 0, 0, 0], "{rescan}");
+    let requests = audit_entries(&a, &query, 1).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = if requests.len() == 1 { audit_entries(&a, &query, 2).await? } else { requests };
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["action"], "catalog.list_works");
+
+    // Beta leaves A: A's changes since the cursor hold its video's and its work's
+    // tombstones and no work.
+    std::fs::remove_file(library.path().join("Beta.mp4"))?;
+    let swept = a.scan(folder).await?;
+    assert_eq!(counts(&swept, "videos")[3], 1, "{swept}");
+    let path = format!("/api/v1/works?updated_since={}", urlencode(&cursor));
+    let changes = a.http.get(a.url(&path)).bearer_auth(&key).send().await?;
+    let changes = expect_json(changes, StatusCode::OK).await?;
+    assert_eq!(changes["works"], json!([]), "{changes}");
+    let kinds: Vec<&str> = changes["sync"]["deleted"]
+        .as_array()
+        .context("no tombstones")?
+        .iter()
+        .filter_map(|t| t["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["video", "work"], "{changes}");
+    assert_eq!(changes["sync"]["deleted_count"], 2);
+
+    // B's next scan applies the tombstone: the video and its work are gone from B.
+    let third = b.scan(peer).await?;
+    assert_eq!(counts(&third, "videos"), [0, 0, 0, 1], "{third}");
+    assert_eq!(counts(&third, "works")[3], 1, "{third}");
+    let titles: Vec<String> = b
+        .all_works()
+        .await?
+        .iter()
+        .filter_map(|w| w["title"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(titles, ["Alpha", "Gamma"]);
+    assert_ne!(sync_cursor(&b, peer).await?, Some(cursor));
+
+    // A location deleted outright on A (its rows gone, not marked) still leaves
+    // tombstones: B removes the rest.
+    sqlx::query("DELETE FROM storage_locations WHERE id = $1")
+        .bind(folder)
+        .execute(a.pool())
+        .await?;
+    let fourth = b.scan(peer).await?;
+    assert_eq!(counts(&fourth, "videos"), [0, 0, 0, 2], "{fourth}");
+    assert_eq!(counts(&fourth, "works")[3], 2, "{fourth}");
+    assert!(b.all_works().await?.is_empty());
+
+    b.stop().await?;
+    a.stop().await
+}
+
+fn urlencode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_uses_the_trigram_index_and_normalizes_the_query() -> anyhow::Result<()> {
+    let a = Instance::start("A").await?;
+    let pool = a.pool();
+    // A catalog large enough that reading every row would cost more than the index.
+    sqlx::query(
+        "WITH l AS (INSERT INTO storage_locations (name, storage_type, configuration)
+                    VALUES ('bulk', 'local', '{\"path\": \"/nonexistent\"}') RETURNING id),
+              w AS (INSERT INTO works (title, year)
+                    SELECT 'Work number ' || n || ' of the bulk catalog', 2000
+                    FROM generate_series(1, 30000) n RETURNING id)
+         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+         SELECT w.id, l.id, 'v' || w.id, 'v' || w.id || '.mp4', 1 FROM w, l",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "WITH w AS (INSERT INTO works (title, year) VALUES ('Am\u{e9}lie', 2001) RETURNING id)
+         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+         SELECT w.id, l.id, 'amelie', 'amelie.mkv', 1 FROM w, storage_locations l",
+    )
+    .execute(pool)
+    .await?;
+    // As autovacuum would: statistics, and the GIN index's pending list merged into it (the
+    // planner prices a long pending list as if every entry had to be read).
+    sqlx::query("VACUUM ANALYZE works").execute(pool).await?;
+    sqlx::query("VACUUM ANALYZE videos").execute(pool).await?;
+
+    let plan = velour_db::catalog::explain_search(pool, "amélie").await?;
+    assert!(plan.contains("works_title_trgm_idx"), "{plan}");
+
+    // The title is stored composed; a query typed decomposed (e + U+0301) still finds it,
+    // in any case.
+    let query = urlencode("ame\u{301}LIE");
+    let found = a.get_json(&format!("/api/v1/videos/search?query={query}")).await?;
+    assert_eq!(found["pagination"]["total_count"], 1, "{found}");
+    assert_eq!(found["videos"][0]["work_title"], "Am\u{e9}lie");
+    a.stop().await
+}
