@@ -118,7 +118,9 @@ async fn from_peer(
         .map_err(|e| crate::peer::peer_failed(&e, &client))?;
 
     let status = upstream.status();
-    let mut answer = Response::builder().header(header::CACHE_CONTROL, CACHE_CONTROL);
+    let mut answer = Response::builder()
+        .header(header::CACHE_CONTROL, CACHE_CONTROL)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     for name in [header::ETAG, header::LAST_MODIFIED] {
         if let Some(value) = upstream.headers().get(&name) {
             answer = answer.header(name, value.clone());
@@ -152,8 +154,13 @@ async fn from_peer(
     Ok(answer.body(Body::from_bytes(body)))
 }
 
+/// Raster formats only: an SVG is a document that may carry script.
 fn is_image_type(value: &HeaderValue) -> bool {
-    value.to_str().is_ok_and(|v| v.trim().to_ascii_lowercase().starts_with("image/"))
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    matches!(essence.as_str(), "image/jpeg" | "image/png" | "image/webp")
 }
 
 /// Reads the peer's image, refusing it as soon as it outgrows the cap.

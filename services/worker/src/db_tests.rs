@@ -1108,10 +1108,19 @@ async fn a_video_without_a_picture_records_why_and_a_missing_ffmpeg_records_noth
         assert!(matches!(err, crate::ThumbnailJobError::GiveUp(_)), "{err}");
         assert_eq!(assets::videos_needing_thumbnails(&pool, location).await.unwrap(), [film]);
 
-        // An ffmpeg that hangs is killed at the timeout; one that writes no image, or
-        // something that is not an image, fails the video with the reason.
+        // An ffmpeg that hangs is killed at the timeout, and the video is not blamed: the
+        // next scan queues it again.
+        let hung = with_ffmpeg(fake_ffprobe(tools.path(), "sleep 30"), 1);
+        let started = std::time::Instant::now();
+        let err = crate::generate_thumbnail(&hung, film).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(err.to_string().contains("did not finish within 1 s"), "{err}");
+        assert_eq!(assets::videos_needing_thumbnails(&pool, location).await.unwrap(), [film]);
+
+        // One that writes no image, too large an image, or something that is not an image,
+        // fails the video with the reason.
         let cases = [
-            ("sleep 30", 1, "did not finish within 1 s"),
+            ("head -c 6000000 /dev/zero", 60, "bytes"),
             ("echo 'moov atom not found' >&2; exit 1", 60, "moov atom not found"),
             ("exit 0", 60, "gave no frame"),
             ("printf 'not a jpeg'", 60, "not a readable image"),

@@ -16,6 +16,9 @@ const MAX_NFO_BYTES: u64 = 1024 * 1024;
 const MAX_TITLE_BYTES: usize = 1024;
 const MAX_PLOT_BYTES: usize = 64 * 1024;
 
+/// Deepest element nesting read; Kodi's sidecars nest three or four levels.
+const MAX_DEPTH: usize = 32;
+
 /// Ratings outside this scale are ignored (Kodi and Jellyfin rate out of ten).
 const RATINGS: std::ops::RangeInclusive<f64> = 0.0..=10.0;
 
@@ -73,7 +76,13 @@ pub(crate) async fn read_sidecar(sidecar: &Sidecar) -> Option<Nfo> {
 pub(crate) fn parse_nfo(text: &str) -> Option<Nfo> {
     // The XML ends with the root's closing tag; what follows (a web address) is not XML.
     let end = text.rfind("</movie>")? + "</movie>".len();
-    let document = roxmltree::Document::parse(text.get(..end)?).ok()?;
+    let xml = text.get(..end)?;
+    // The parser descends one call per element: a deeply nested file would overflow the
+    // worker's stack (an abort, not a panic). Real sidecars are a few levels deep.
+    if nesting_depth(xml) > MAX_DEPTH {
+        return None;
+    }
+    let document = roxmltree::Document::parse(xml).ok()?;
     let root = document.root_element();
     if !root.has_tag_name("movie") {
         return None;
@@ -105,6 +114,25 @@ pub(crate) fn parse_nfo(text: &str) -> Option<Nfo> {
 
     let nfo = Nfo { title, year, director, plot, rating };
     (nfo != Nfo::default()).then_some(nfo)
+}
+
+/// The deepest element nesting of `xml`, counted from its tags alone (an upper bound is
+/// enough: it only guards the parser).
+fn nesting_depth(xml: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = xml;
+    while let Some(open) = rest.find('<') {
+        let tag = &rest[open + 1..];
+        let close = tag.find('>').unwrap_or(tag.len());
+        if tag.starts_with('/') {
+            depth = depth.saturating_sub(1);
+        } else if !tag.starts_with('?') && !tag.starts_with('!') && !tag[..close].ends_with('/') {
+            depth += 1;
+            deepest = deepest.max(depth);
+        }
+        rest = tag.get(close..).unwrap_or_default();
+    }
+    deepest
 }
 
 /// `<ratings><rating default="true"><value>7.5</value></rating></ratings>` (current
@@ -194,6 +222,8 @@ https://www.imdb.com/title/tt0065531/
             }
             assert_eq!(parsed, None, "{text}");
         }
+        let nested = format!("<movie>{}{}</movie>", "<a>".repeat(100_000), "</a>".repeat(100_000));
+        assert_eq!(parse_nfo(&nested), None, "a deep file is refused before parsing");
         let odd = "<movie><year>3000</year><rating>-1</rating><rating>99</rating></movie>";
         assert_eq!(parse_nfo(odd), None);
     }

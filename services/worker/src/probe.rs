@@ -52,7 +52,7 @@ pub(crate) async fn probe_file(
     // The `file:` prefix keeps a name such as `rtmp:clip.mp4` from being read as a URL.
     let mut input = std::ffi::OsString::from("file:");
     input.push(path);
-    run_ffprobe(ffprobe, &input, timeout).await
+    run_ffprobe(ffprobe, &input, timeout, None).await
 }
 
 /// Runs ffprobe on an HTTP(S) URL, such as a presigned URL of an object in a bucket. The
@@ -63,19 +63,45 @@ pub(crate) async fn probe_url(
     shown_as: &str,
     timeout: Duration,
 ) -> Result<ProbeFacts, ProbeError> {
-    match run_ffprobe(ffprobe, std::ffi::OsStr::new(url), timeout).await {
-        Err(ProbeError::Failed(message)) => Err(ProbeError::Failed(message.replace(url, shown_as))),
-        other => other,
-    }
+    run_ffprobe(ffprobe, std::ffi::OsStr::new(url), timeout, Some((url, shown_as))).await
+}
+
+/// Demuxers a remote object may be read with: the containers Velour indexes. ffmpeg picks
+/// a demuxer by content, and some (HLS, concat) fetch further addresses that a file names:
+/// an object in a bucket must not make the worker fetch what it likes.
+pub(crate) const URL_FORMAT_WHITELIST: &str =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,asf,flv,mpeg,mpegvideo,ogg";
+
+/// ffmpeg's first error line, with a URL input shown as `shown_as` (a presigned URL is a
+/// credential while it lasts) before it is cut to a readable length.
+pub(crate) fn tool_message(stderr: &[u8], url: Option<(&str, &str)>) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let line = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+    let line = match url {
+        Some((url, shown_as)) => line.replace(url, shown_as),
+        None => line.to_owned(),
+    };
+    // A URL cut short by the tool itself is not matched above: drop any query left.
+    let line = match (url, line.find("X-Amz-")) {
+        (Some((_, shown_as)), Some(_)) => format!("{shown_as}: the store refused the read"),
+        _ => line,
+    };
+    line.trim().chars().take(MAX_MESSAGE_CHARS).collect()
 }
 
 async fn run_ffprobe(
     ffprobe: &str,
     input: &std::ffi::OsStr,
     timeout: Duration,
+    url: Option<(&str, &str)>,
 ) -> Result<ProbeFacts, ProbeError> {
-    let child = Command::new(ffprobe)
-        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams", "-i"])
+    let mut command = Command::new(ffprobe);
+    command.args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"]);
+    if url.is_some() {
+        command.args(["-format_whitelist", URL_FORMAT_WHITELIST]);
+    }
+    let child = command
+        .arg("-i")
         .arg(input)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -89,10 +115,7 @@ async fn run_ffprobe(
         Err(_) => return Err(ProbeError::TimedOut(timeout)),
     };
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let message = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-        let message: String = message.trim().chars().take(MAX_MESSAGE_CHARS).collect();
-        return Err(ProbeError::Failed(message));
+        return Err(ProbeError::Failed(tool_message(&output.stderr, url)));
     }
     parse_ffprobe(&output.stdout)
 }

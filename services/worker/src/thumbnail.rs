@@ -31,9 +31,6 @@ const MAX_IMAGE_BYTES: u64 = 4 * 1024 * 1024;
 /// second, often before the first decodable frame of a stream cut mid-GOP.
 const SHORT_CLIP_SECS: f64 = 2.0;
 
-/// Longest ffmpeg message kept as the reason of a failure.
-const MAX_MESSAGE_CHARS: usize = 300;
-
 /// A thumbnail ready to store.
 #[derive(Debug)]
 pub(crate) struct Thumbnail {
@@ -67,8 +64,15 @@ pub(crate) enum ThumbnailError {
 impl ThumbnailError {
     /// Whether the failure says something about the video (recorded, not retried) rather
     /// than about this worker.
-    fn is_about_the_video(&self) -> bool {
-        !matches!(self, Self::Spawn { .. })
+    fn is_about_the_video(&self, input: &Input) -> bool {
+        match self {
+            Self::Spawn { .. } => false,
+            // A timeout may be the machine's load; a failed read over the network may be
+            // the network: neither is held against the video.
+            Self::TimedOut(_) => false,
+            Self::Failed(_) => matches!(input, Input::File(_)),
+            Self::NoFrame | Self::TooLarge | Self::NotAnImage(_) => true,
+        }
     }
 }
 
@@ -85,7 +89,7 @@ pub(crate) fn thumbnail_offset(duration: Option<f64>) -> f64 {
 /// seek lands past the last decodable one (a damaged tail, a wrong duration).
 pub(crate) async fn make_thumbnail(
     ffmpeg: &str,
-    input: &OsStr,
+    input: &Input,
     offset: f64,
     timeout: Duration,
 ) -> Result<Thumbnail, ThumbnailError> {
@@ -110,21 +114,39 @@ pub(crate) async fn make_thumbnail(
     Ok(Thumbnail { jpeg, width, height })
 }
 
+/// What ffmpeg reads.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A checked path, as `file:PATH`.
+    File(OsString),
+    /// A presigned URL; messages show `shown_as` in its place.
+    Url { url: String, shown_as: String },
+}
+
 async fn run_ffmpeg(
     ffmpeg: &str,
-    input: &OsStr,
+    input: &Input,
     offset: f64,
     timeout: Duration,
 ) -> Result<Bytes, ThumbnailError> {
+    let (source, url): (&OsStr, _) = match input {
+        Input::File(path) => (path, None),
+        Input::Url { url, shown_as } => (OsStr::new(url), Some((url.as_str(), shown_as.as_str()))),
+    };
+    let mut command = Command::new(ffmpeg);
+    command.args(["-nostdin", "-hide_banner", "-loglevel", "error"]);
+    if url.is_some() {
+        command.args(["-format_whitelist", crate::probe::URL_FORMAT_WHITELIST]);
+    }
     // `-ss` before `-i` seeks by the container's index instead of decoding up to the
     // offset; `-frames:v 1` stops after one frame. The scale keeps the aspect ratio with an
     // even height, as JPEG encoders of subsampled video want.
     let scale = format!("scale='min({MAX_WIDTH},iw)':-2");
-    let mut child = Command::new(ffmpeg)
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-ss"])
+    let mut child = command
+        .arg("-ss")
         .arg(format!("{offset:.3}"))
         .arg("-i")
-        .arg(input)
+        .arg(source)
         .args(["-map", "0:v:0", "-frames:v", "1", "-vf", &scale])
         .args(["-f", "image2pipe", "-c:v", "mjpeg", "-q:v", "3", "pipe:1"])
         .stdin(Stdio::null())
@@ -141,7 +163,12 @@ async fn run_ffmpeg(
         let mut image = Vec::new();
         let mut message = Vec::new();
         let (mut stdout, mut stderr) = (stdout.take(MAX_IMAGE_BYTES + 1), stderr.take(64 * 1024));
-        let read_image = stdout.read_to_end(&mut image);
+        // Past the cap, the rest is read and dropped so that ffmpeg is not left blocked on
+        // a full pipe; the image is refused below.
+        let read_image = async {
+            stdout.read_to_end(&mut image).await?;
+            tokio::io::copy(&mut stdout.into_inner(), &mut tokio::io::sink()).await
+        };
         // Past its first 64 KiB, ffmpeg's chatter is read and dropped: left unread, it
         // would fill the pipe and stall ffmpeg until the timeout.
         let read_message = async {
@@ -162,9 +189,7 @@ async fn run_ffmpeg(
         Err(_) => return Err(ThumbnailError::TimedOut(timeout)),
     };
     if !status.success() {
-        let message = String::from_utf8_lossy(&message);
-        let line = message.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-        return Err(ThumbnailError::Failed(line.trim().chars().take(MAX_MESSAGE_CHARS).collect()));
+        return Err(ThumbnailError::Failed(crate::probe::tool_message(&message, url)));
     }
     if image.is_empty() {
         return Err(ThumbnailError::NoFrame);
@@ -244,7 +269,7 @@ pub async fn generate_thumbnail(
     let made = make_thumbnail(&state.worker.ffmpeg, &input, offset, timeout).await;
     let thumbnail = match made {
         Ok(thumbnail) => thumbnail,
-        Err(err) if err.is_about_the_video() => {
+        Err(err) if err.is_about_the_video(&input) => {
             let reason = err.to_string();
             info!(reason, "no thumbnail for this video");
             let recorded =
@@ -258,7 +283,13 @@ pub async fn generate_thumbnail(
     };
 
     let sha256 = hex::encode(Sha256::digest(&thumbnail.jpeg));
-    let key = format!("thumbnails/{video_id}/{sha256}.jpg");
+    // The key names the video's version too: two versions that give the same image never
+    // share a file, so a stale job can delete its own without touching the live one.
+    let key = format!(
+        "thumbnails/{video_id}/{}-{}/{sha256}.jpg",
+        video.file_size,
+        oshash.unwrap_or("none")
+    );
     let byte_size = i64::try_from(thumbnail.jpeg.len()).unwrap_or(i64::MAX);
     state.assets.put(&key, thumbnail.jpeg, "image/jpeg").await?;
     let new = NewThumbnail {
@@ -295,7 +326,7 @@ async fn ffmpeg_input(
     video: &VideoRow,
     location: &LocationWithSecrets,
     timeout: Duration,
-) -> Result<Option<OsString>, ThumbnailJobError> {
+) -> Result<Option<Input>, ThumbnailJobError> {
     match location.location.kind() {
         Some(StorageType::Local) => {
             let root = location.location.config_str("path").map(PathBuf::from);
@@ -310,19 +341,20 @@ async fn ffmpeg_input(
             // URL.
             let mut input = OsString::from("file:");
             input.push(file.path());
-            Ok(Some(input))
+            Ok(Some(Input::File(input)))
         }
         Some(StorageType::S3) => {
             let settings =
                 S3Settings::from_stored(&location.location.configuration.0, &location.secrets.0)
                     .map_err(|e| ThumbnailJobError::GiveUp(e.to_string()))?;
-            // The URL lives a little longer than ffmpeg may run, and no longer.
-            let lifetime = timeout + Duration::from_secs(30);
+            // The URL lives a little longer than ffmpeg may run (twice, should the first
+            // seek find no frame), and no longer.
+            let lifetime = timeout * 2 + Duration::from_secs(30);
             let url =
                 s3::presigned_get_url(&settings.client(), &settings, &video.source_key, lifetime)
                     .await
                     .map_err(|e| ThumbnailJobError::Retry(format!("could not sign a URL: {e}")))?;
-            Ok(Some(OsString::from(url)))
+            Ok(Some(Input::Url { url, shown_as: video.source_key.clone() }))
         }
         Some(StorageType::Velour) => Ok(None),
         None => Err(ThumbnailJobError::GiveUp(format!(
