@@ -1162,28 +1162,44 @@ async fn nfo_sidecars_name_the_work_and_an_edited_one_is_read_again() {
         let shared = library.path().join("Some Folder (2010)/video.mp4");
         std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
         make_video(&shared, 1);
-        std::fs::write(shared.with_file_name("movie.nfo"), "<movie><plot>Told by the folder.</plot></movie>")
-            .unwrap();
+        let folder_nfo = "<movie><plot>Told by the folder.</plot></movie>";
+        std::fs::write(shared.with_file_name("movie.nfo"), folder_nfo).unwrap();
+        // A movie.nfo in a folder of two films describes neither.
+        let two = library.path().join("Double Bill");
+        std::fs::create_dir_all(&two).unwrap();
+        make_video(&two.join("First Feature (1950).mp4"), 1);
+        make_video(&two.join("Second Feature (1951).mp4"), 1);
+        std::fs::write(two.join("movie.nfo"), "<movie><title>Wrong</title></movie>").unwrap();
         // Only a web address: no facts, so the name decides.
         let bare = library.path().join("Plain Name (1999).mp4");
         make_video(&bare, 1);
-        std::fs::write(library.path().join("Plain Name (1999).nfo"), "https://example.org/\n").unwrap();
+        let address_only = library.path().join("Plain Name (1999).nfo");
+        std::fs::write(address_only, "https://example.org/\n").unwrap();
 
         let state = state(&pool);
         let folder = json!({ "path": library.path() });
         let location = add_location(&pool, "Films", StorageType::Local, folder).await;
         scan(&state, location).await.1.unwrap();
         type WorkFacts = (String, Option<i32>, Option<String>, Option<String>, Option<f64>);
-        let works: Vec<WorkFacts> =
-            sqlx::query_as("SELECT title, year, director, description, rating FROM works ORDER BY title")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
+        let works: Vec<WorkFacts> = sqlx::query_as(
+            "SELECT title, year, director, description, rating FROM works ORDER BY title",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
         assert_eq!(
             works,
             [
-                ("Le Samouraï".into(), Some(1967), Some("Jean-Pierre Melville".into()), Some("A hitman.".into()), Some(8.1)),
+                ("First Feature".into(), Some(1950), None, None, None),
+                (
+                    "Le Samouraï".into(),
+                    Some(1967),
+                    Some("Jean-Pierre Melville".into()),
+                    Some("A hitman.".into()),
+                    Some(8.1)
+                ),
                 ("Plain Name".into(), Some(1999), None, None, None),
+                ("Second Feature".into(), Some(1951), None, None, None),
                 ("Some Folder".into(), Some(2010), None, Some("Told by the folder.".into()), None),
             ]
         );
@@ -1195,14 +1211,15 @@ async fn nfo_sidecars_name_the_work_and_an_edited_one_is_read_again() {
 
         // An edited sidecar (a later modification time) is read again by the next scan.
         let sidecar = library.path().join("rips/disc1.nfo");
-        std::fs::write(&sidecar, "<movie><title>Le Deuxième Souffle</title><year>1966</year></movie>")
-            .unwrap();
+        let edited = "<movie><title>Le Deuxième Souffle</title><year>1966</year></movie>";
+        std::fs::write(&sidecar, edited).unwrap();
         let later = std::time::SystemTime::now() + Duration::from_secs(5);
         std::fs::File::options().write(true).open(&sidecar).unwrap().set_modified(later).unwrap();
         let (_, counts) = scan(&state, location).await;
         assert_eq!(counts.unwrap().videos_updated, 1);
         let title: String = sqlx::query_scalar(
-            "SELECT w.title FROM videos v JOIN works w ON w.id = v.work_id WHERE v.filename = 'rips/disc1.mp4'",
+            "SELECT w.title FROM videos v JOIN works w ON w.id = v.work_id
+             WHERE v.filename = 'rips/disc1.mp4'",
         )
         .fetch_one(&pool)
         .await

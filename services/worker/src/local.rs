@@ -480,7 +480,29 @@ pub(crate) fn walk_folder(root: &Path) -> Walk {
             }
         }
     }
+    drop_shared_folder_sidecars(&mut walk.files);
     walk
+}
+
+/// A `movie.nfo` describes the one film of its folder: in a folder of several videos it
+/// would give them all one title, so there it is not used.
+fn drop_shared_folder_sidecars(files: &mut [FoundFile]) {
+    let mut per_folder: HashMap<PathBuf, usize> = HashMap::new();
+    for file in files.iter() {
+        if let Some(parent) = file.path.parent() {
+            *per_folder.entry(parent.to_owned()).or_default() += 1;
+        }
+    }
+    for file in files.iter_mut() {
+        let shared = file.path.parent().is_some_and(|p| per_folder.get(p).copied() > Some(1));
+        let folder_wide = file
+            .sidecar
+            .as_ref()
+            .is_some_and(|s| s.path.file_name() == Some(std::ffi::OsStr::new("movie.nfo")));
+        if shared && folder_wide {
+            file.sidecar = None;
+        }
+    }
 }
 
 fn is_hidden(entry: &DirEntry) -> bool {

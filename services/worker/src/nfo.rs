@@ -61,21 +61,39 @@ pub(crate) fn find_sidecar(video: &Path) -> Option<Sidecar> {
     })
 }
 
-/// Reads and parses a sidecar; `None` when it cannot be read or holds no facts.
+/// Reads and parses a sidecar; `None` when it cannot be read or holds no facts. The file
+/// is opened without following a link (one swapped in since the walk is refused) and read
+/// no further than the cap, whatever its size says.
 pub(crate) async fn read_sidecar(sidecar: &Sidecar) -> Option<Nfo> {
-    let meta = tokio::fs::symlink_metadata(&sidecar.path).await.ok()?;
-    if !meta.is_file() || meta.len() > MAX_NFO_BYTES {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&sidecar.path)
+        .await
+        .ok()?;
+    if !file.metadata().await.ok()?.is_file() {
         return None;
     }
-    let bytes = tokio::fs::read(&sidecar.path).await.ok()?;
-    // Older managers wrote Latin-1 now and then; a stray byte must not lose the rest.
-    parse_nfo(&String::from_utf8_lossy(&bytes))
+    let mut bytes = Vec::new();
+    file.take(MAX_NFO_BYTES + 1).read_to_end(&mut bytes).await.ok()?;
+    if bytes.len() as u64 > MAX_NFO_BYTES {
+        return None;
+    }
+    parse_nfo(&decode(bytes))
+}
+
+/// UTF-8, or else Latin-1, which older media managers wrote: every byte is a character.
+fn decode(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|e| e.into_bytes().iter().map(|&b| char::from(b)).collect())
 }
 
 /// Parses a sidecar's text.
 pub(crate) fn parse_nfo(text: &str) -> Option<Nfo> {
     // The XML ends with the root's closing tag; what follows (a web address) is not XML.
-    let end = text.rfind("</movie>")? + "</movie>".len();
+    // The first closing tag ends the root: XML text cannot hold one unescaped.
+    let end = text.find("</movie>")? + "</movie>".len();
     let xml = text.get(..end)?;
     // The parser descends one call per element: a deeply nested file would overflow the
     // worker's stack (an abort, not a panic). Real sidecars are a few levels deep.
@@ -187,7 +205,8 @@ https://www.imdb.com/title/tt0065531/
     #[test]
     fn older_and_partial_sidecars_give_what_they_hold() {
         let legacy = "<movie><title>Alphaville</title><year>1965</year><rating>7.1</rating>\
-                      <director>Jean-Luc Godard</director><director>Someone Else</director></movie>";
+                      <director>Jean-Luc Godard</director>\
+                      <director>Someone Else</director></movie>";
         let nfo = parse_nfo(legacy).unwrap();
         assert_eq!((nfo.year, nfo.rating), (Some(1965), Some(7.1)));
         assert_eq!(nfo.director.as_deref(), Some("Jean-Luc Godard, Someone Else"));
@@ -226,6 +245,13 @@ https://www.imdb.com/title/tt0065531/
         assert_eq!(parse_nfo(&nested), None, "a deep file is refused before parsing");
         let odd = "<movie><year>3000</year><rating>-1</rating><rating>99</rating></movie>";
         assert_eq!(parse_nfo(odd), None);
+    }
+
+    #[test]
+    fn latin1_and_trailing_addresses_are_read() {
+        let latin1 = b"<movie><title>Caf\xe9 Society</title></movie>\nhttp://x/</movie>".to_vec();
+        let nfo = parse_nfo(&decode(latin1)).unwrap();
+        assert_eq!(nfo.title.as_deref(), Some("Caf\u{e9} Society"));
     }
 
     #[test]
