@@ -1033,6 +1033,11 @@ async fn thumbnails_are_made_checked_stored_and_remade_when_the_file_changes() {
         let mut both = [long, blink];
         both.sort_unstable();
         assert_eq!(assets::videos_needing_thumbnails(&pool, location).await.unwrap(), both);
+        // A second scan while the jobs wait queues no twins; a finished job frees its video.
+        assert_eq!(assets::claim_thumbnail_jobs(&pool, &both).await.unwrap().len(), 2);
+        assert!(assets::claim_thumbnail_jobs(&pool, &both).await.unwrap().is_empty());
+        assets::release_thumbnail_job(&pool, long).await.unwrap();
+        assert_eq!(assets::claim_thumbnail_jobs(&pool, &both).await.unwrap(), [long]);
 
         for (video, width, height) in [(long, 160, 120), (blink, 640, 360)] {
             let outcome = crate::generate_thumbnail(&state, video).await.unwrap();

@@ -189,7 +189,14 @@ async fn handle_thumbnail_job(
     state: Data<WorkerState>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    match generate_thumbnail(&state, job.video_id).await {
+    let outcome = generate_thumbnail(&state, job.video_id).await;
+    // A job that will be retried keeps its claim, so scans meanwhile queue no twin.
+    if !matches!(outcome, Err(ThumbnailJobError::Retry(_)))
+        && let Err(err) = velour_db::assets::release_thumbnail_job(&state.pool, job.video_id).await
+    {
+        warn!(error = %err, "could not release the thumbnail job's claim; it lapses in an hour");
+    }
+    match outcome {
         Ok(_) => Ok(()),
         Err(err @ ThumbnailJobError::Retry(_)) => {
             warn!(error = %err, "the thumbnail will be tried again");

@@ -168,7 +168,12 @@ async fn queue_thumbnails(state: &WorkerState, location_id: i64) {
     let Some(queue) = &state.thumbnail_queue else {
         return;
     };
-    let ids = match velour_db::assets::videos_needing_thumbnails(&state.pool, location_id).await {
+    let needing = velour_db::assets::videos_needing_thumbnails(&state.pool, location_id).await;
+    let claimed = match needing {
+        Ok(ids) => velour_db::assets::claim_thumbnail_jobs(&state.pool, &ids).await,
+        Err(err) => Err(err),
+    };
+    let ids = match claimed {
         Ok(ids) => ids,
         Err(err) => {
             warn!(error = %err, "could not list the videos that need thumbnails");

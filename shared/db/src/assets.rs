@@ -72,6 +72,33 @@ pub async fn videos_needing_thumbnails(
     Ok(ids)
 }
 
+/// Of `ids`, the videos no thumbnail job was queued for at their current version within the
+/// last hour; they are marked queued now. The scan pushes jobs for these alone.
+pub async fn claim_thumbnail_jobs(pool: &PgPool, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    let claimed = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO thumbnail_queue (video_id, source_version)
+         SELECT v.id, {VERSION_SQL} FROM videos v WHERE v.id = ANY($1)
+         ON CONFLICT (video_id) DO UPDATE SET
+             source_version = EXCLUDED.source_version, queued_at = now()
+         WHERE thumbnail_queue.source_version <> EXCLUDED.source_version
+            OR thumbnail_queue.queued_at < now() - INTERVAL '1 hour'
+         RETURNING video_id"
+    )))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(claimed)
+}
+
+/// The job for the video is over (whatever its outcome): a later scan may queue another.
+pub async fn release_thumbnail_job(pool: &PgPool, video_id: i64) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM thumbnail_queue WHERE video_id = $1")
+        .bind(video_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// The video's thumbnail, if one is ready.
 pub async fn thumbnail(pool: &PgPool, video_id: i64) -> Result<Option<ThumbnailRow>, DbError> {
     let row = sqlx::query_as(
