@@ -32,6 +32,8 @@ use velour_core::settings::{
 };
 use velour_core::signing::UrlSigner;
 use velour_db::DbError;
+use velour_db::catalog::VideoRow;
+use velour_db::locations::LocationWithSecrets;
 use velour_storage::{AssetStore, RangeSet};
 
 /// How long a shutdown waits for open streams. A film can take hours to watch, so open
@@ -155,12 +157,13 @@ async fn video_thumbnail(req: &Request, Data(state): Data<&StreamState>) -> Resp
     thumbnail::serve(state, id, req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[instrument(skip_all, fields(video.id = id, http.method = %req.method(), api_key.id))]
-async fn find_and_stream(
+/// Checks the caller may have video `id`, then finds it and the location holding it. The
+/// caller's span gets the key's id.
+pub(crate) async fn authorized_video(
     state: &StreamState,
     id: i64,
     req: &Request,
-) -> Result<Response, StreamError> {
+) -> Result<(VideoRow, LocationWithSecrets), StreamError> {
     let key = auth::authorize(state, id, req).await?;
     tracing::Span::current().record("api_key.id", key.id);
 
@@ -170,7 +173,16 @@ async fn find_and_stream(
         velour_db::locations::get_location_with_secrets(&state.pool, video.storage_location_id)
             .await
             .map_err(not_found_or_internal)?;
+    Ok((video, location))
+}
 
+#[instrument(skip_all, fields(video.id = id, http.method = %req.method(), api_key.id))]
+async fn find_and_stream(
+    state: &StreamState,
+    id: i64,
+    req: &Request,
+) -> Result<Response, StreamError> {
+    let (video, location) = authorized_video(state, id, req).await?;
     match location.location.kind() {
         Some(StorageType::Local) => local::serve(&video, &location, req).await,
         Some(StorageType::Velour) => peer::serve(state, &video, &location, req).await,

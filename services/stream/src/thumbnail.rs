@@ -5,7 +5,7 @@
 //! that a grid of them revalidates with 304s instead of downloading again.
 
 use crate::error::StreamError;
-use crate::{StreamState, auth, header_str, not_found_or_internal};
+use crate::{StreamState, header_str, not_found_or_internal};
 use futures_util::StreamExt;
 use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use poem::{Body, Request, Response};
@@ -34,15 +34,7 @@ pub(crate) async fn serve(
     id: i64,
     req: &Request,
 ) -> Result<Response, StreamError> {
-    let key = auth::authorize(state, id, req).await?;
-    tracing::Span::current().record("api_key.id", key.id);
-
-    let video =
-        velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
-    let location =
-        velour_db::locations::get_location_with_secrets(&state.pool, video.storage_location_id)
-            .await
-            .map_err(not_found_or_internal)?;
+    let (video, location) = crate::authorized_video(state, id, req).await?;
     match location.location.kind() {
         Some(StorageType::Velour) => from_peer(state, &video, &location, req).await,
         Some(StorageType::Local | StorageType::S3) => from_store(state, id, req).await,

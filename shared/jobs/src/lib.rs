@@ -3,6 +3,8 @@
 //! Both sides name the queue explicitly (apalis-redis would otherwise name it after the
 //! Rust type path, which a refactor could silently change on one side only).
 
+use apalis::prelude::TaskSink;
+use apalis_redis::RedisStorage;
 use serde::{Deserialize, Serialize};
 
 /// Scan one storage location (folder, bucket or peer) for the scan run already recorded.
@@ -20,8 +22,7 @@ pub type ScanStorage = apalis_redis::RedisStorage<ScanLocation>;
 
 /// Opens the scan queue on an existing Redis connection.
 pub fn scan_storage(conn: apalis_redis::ConnectionManager) -> ScanStorage {
-    let config = apalis_redis::Config::default().queue(SCAN_QUEUE);
-    apalis_redis::RedisStorage::new(conn).with_config(config)
+    storage_on(conn, SCAN_QUEUE)
 }
 
 /// Make (or remake) the thumbnail of one video, from its current version.
@@ -38,8 +39,7 @@ pub type ThumbnailStorage = apalis_redis::RedisStorage<GenerateThumbnail>;
 
 /// Opens the thumbnail queue on an existing Redis connection.
 pub fn thumbnail_storage(conn: apalis_redis::ConnectionManager) -> ThumbnailStorage {
-    let config = apalis_redis::Config::default().queue(THUMBNAIL_QUEUE);
-    apalis_redis::RedisStorage::new(conn).with_config(config)
+    storage_on(conn, THUMBNAIL_QUEUE)
 }
 
 /// Queues a thumbnail job.
@@ -47,8 +47,7 @@ pub async fn push_thumbnail(
     storage: &mut ThumbnailStorage,
     job: GenerateThumbnail,
 ) -> Result<(), JobError> {
-    use apalis::prelude::TaskSink;
-    storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
+    push(storage, job).await
 }
 
 /// Test a federation connection: reach its peer and record the outcome on the connection.
@@ -65,8 +64,7 @@ pub type TestConnectionStorage = apalis_redis::RedisStorage<TestConnection>;
 
 /// Opens the connection-test queue on an existing Redis connection.
 pub fn test_connection_storage(conn: apalis_redis::ConnectionManager) -> TestConnectionStorage {
-    let config = apalis_redis::Config::default().queue(TEST_CONNECTION_QUEUE);
-    apalis_redis::RedisStorage::new(conn).with_config(config)
+    storage_on(conn, TEST_CONNECTION_QUEUE)
 }
 
 /// Queues a connection test.
@@ -74,7 +72,19 @@ pub async fn push_connection_test(
     storage: &mut TestConnectionStorage,
     job: TestConnection,
 ) -> Result<(), JobError> {
-    use apalis::prelude::TaskSink;
+    push(storage, job).await
+}
+
+/// A job queue named `queue` on an existing Redis connection.
+fn storage_on<J>(conn: apalis_redis::ConnectionManager, queue: &str) -> RedisStorage<J> {
+    RedisStorage::new(conn).with_config(apalis_redis::Config::default().queue(queue))
+}
+
+/// Queues a job.
+async fn push<J, Kind>(storage: &mut RedisStorage<J>, job: J) -> Result<(), JobError>
+where
+    RedisStorage<J>: TaskSink<J, Kind> + Unpin,
+{
     storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
 }
 
@@ -85,8 +95,7 @@ pub async fn connect(redis_url: &str) -> Result<apalis_redis::ConnectionManager,
 
 /// Queues a scan job.
 pub async fn push_scan(storage: &mut ScanStorage, job: ScanLocation) -> Result<(), JobError> {
-    use apalis::prelude::TaskSink;
-    storage.push(job).await.map_err(|e| JobError::Push(e.to_string()))
+    push(storage, job).await
 }
 
 #[derive(Debug, thiserror::Error)]
