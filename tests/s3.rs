@@ -118,6 +118,10 @@ async fn a_bucket_is_listed_by_pages_streamed_by_range_and_meets_its_local_twin(
     let resumed = get(Some("bytes=100-1123")).header(header::IF_RANGE, &etag).send().await?;
     assert_eq!(resumed.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(&resumed.bytes().await?[..], &original[100..1124]);
+    let changed = get(Some("bytes=100-1123")).header(header::IF_MATCH, "\"old\"").send().await?;
+    assert_eq!(changed.status(), StatusCode::PRECONDITION_FAILED);
+    let matched = get(Some("bytes=100-1123")).header(header::IF_MATCH, &etag).send().await?;
+    assert_eq!(matched.status(), StatusCode::PARTIAL_CONTENT);
     let stale = get(Some("bytes=100-1123")).header(header::IF_RANGE, "\"old\"").send().await?;
     assert_eq!(stale.status(), StatusCode::OK, "a stale If-Range gets the whole object");
     assert_eq!(&stale.bytes().await?[..], &original[..]);

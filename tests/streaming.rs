@@ -30,6 +30,8 @@ enum Expect {
     Unsatisfiable,
     /// 304 without a body.
     NotModified,
+    /// 412 with our JSON error.
+    PreconditionFailed,
 }
 
 struct Case {
@@ -111,6 +113,23 @@ fn cases(size: usize, etag: &str, modified: &str) -> Vec<Case> {
         get(&[(header::IF_NONE_MATCH, "\"x\"".into())], Expect::Full),
         get(&[(header::IF_MODIFIED_SINCE, modified.into())], Expect::NotModified),
         get(&[(header::IF_MODIFIED_SINCE, "Thu, 01 Jan 1970 00:00:00 GMT".into())], Expect::Full),
+        // Preconditions (§13.1.1, §13.1.4): another version named is a 412, before any
+        // range or revalidation is looked at.
+        get(&[(header::IF_MATCH, etag.into())], Expect::Full),
+        get(
+            &[(header::IF_MATCH, "*".into()), (header::RANGE, "bytes=0-99".into())],
+            Expect::Partial(0, 99),
+        ),
+        get(&[(header::IF_MATCH, "\"other\"".into())], Expect::PreconditionFailed),
+        get(&[(header::IF_MATCH, format!("W/{etag}"))], Expect::PreconditionFailed),
+        get(
+            &[
+                (header::IF_UNMODIFIED_SINCE, "Thu, 01 Jan 1970 00:00:00 GMT".into()),
+                (header::RANGE, "bytes=0-99".into()),
+            ],
+            Expect::PreconditionFailed,
+        ),
+        get(&[(header::IF_UNMODIFIED_SINCE, modified.into())], Expect::Full),
         // HEAD: GET's headers, no body.
         Case { method: Method::HEAD, headers: vec![], expect: Expect::Full },
         Case { method: Method::HEAD, headers: range("bytes=0-99"), expect: Expect::Partial(0, 99) },
@@ -186,6 +205,13 @@ async fn check(source: &Source<'_>, case: &Case, original: &[u8]) -> anyhow::Res
             if !head {
                 let error: serde_json::Value = serde_json::from_slice(&body)?;
                 ensure!(error["code"] == "range-not-satisfiable", "code {error}");
+            }
+        }
+        Expect::PreconditionFailed => {
+            ensure!(status == StatusCode::PRECONDITION_FAILED, "status {status}");
+            if !head {
+                let error: serde_json::Value = serde_json::from_slice(&body)?;
+                ensure!(error["code"] == "precondition-failed", "code {error}");
             }
         }
         Expect::NotModified => {

@@ -66,6 +66,9 @@ pub enum ApiError {
         #[oai(header = "RateLimit")] String,
         #[oai(header = "RateLimit-Policy")] String,
     ),
+    /// `If-Match` or `If-Unmodified-Since` names another version of the video.
+    #[oai(status = 412)]
+    PreconditionFailed(Json<ErrorBody>),
     /// No part of the requested range lies within the video.
     #[oai(status = 416)]
     RangeNotSatisfiable(Json<ErrorBody>, #[oai(header = "Content-Range")] Option<String>),
@@ -157,6 +160,7 @@ impl ApiError {
             403 => Self::Forbidden(json),
             404 => Self::NotFound(json),
             409 => Self::Conflict(json),
+            412 => Self::PreconditionFailed(json),
             416 => Self::RangeNotSatisfiable(json, content_range),
             503 => Self::Unavailable(json),
             504 => Self::GatewayTimeout(json),
@@ -192,6 +196,7 @@ pub fn status_error(status: StatusCode) -> ErrorBody {
         411 => ("length-required", "the request body needs a Content-Length"),
         413 => ("payload-too-large", "the request body is too large"),
         415 => ("unsupported-media-type", "the request body must be JSON (application/json)"),
+        412 => ("precondition-failed", "the video is no longer the version the request names"),
         416 => ("range-not-satisfiable", "no part of the requested range is in the video"),
         431 => ("headers-too-large", "the request headers are too large"),
         502 => ("bad-gateway", "a service behind the gateway failed"),

@@ -14,13 +14,14 @@ use poem_openapi::{ApiResponse, OpenApi};
 use reqwest::header::{self, HeaderMap, HeaderName};
 
 /// Request headers that shape a ranged or conditional read, passed on as they came.
-const FORWARDED_REQUEST: [HeaderName; 6] = [
+const FORWARDED_REQUEST: [HeaderName; 7] = [
     header::AUTHORIZATION,
     header::RANGE,
     header::IF_RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
 ];
 
 /// Response headers that describe the bytes; nothing else of the stream service's answer

@@ -41,6 +41,8 @@ pub(crate) enum StreamError {
     FileMissing,
     /// The video has no thumbnail (not made yet, or it has no picture to take one from).
     ThumbnailNotFound,
+    /// `If-Match` or `If-Unmodified-Since` names another version of the video.
+    PreconditionFailed,
     /// No byte of the requested range exists; the size goes into `Content-Range`
     /// when known.
     RangeNotSatisfiable {
@@ -68,6 +70,7 @@ impl StreamError {
             Self::Forbidden | Self::ConnectionInactive(_) => StatusCode::FORBIDDEN,
             Self::NotFound | Self::FileMissing | Self::ThumbnailNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::PeerRefused | Self::PeerUnreachable | Self::PeerError => StatusCode::BAD_GATEWAY,
@@ -91,6 +94,7 @@ impl StreamError {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::PreconditionFailed => "precondition-failed",
             Self::FileMissing => "video-file-missing",
             Self::ThumbnailNotFound => "thumbnail-not-found",
             Self::RangeNotSatisfiable { .. } => "range-not-satisfiable",
@@ -114,6 +118,7 @@ impl StreamError {
             Self::Forbidden => "this API key does not have the stream permission",
             Self::NotFound => "video not found",
             Self::MethodNotAllowed => "only GET and HEAD are allowed here",
+            Self::PreconditionFailed => "the video is no longer the version the request names",
             Self::FileMissing => "the video is in the catalog but its file is missing",
             Self::ThumbnailNotFound => "this video has no thumbnail",
             Self::RangeNotSatisfiable { .. } => "the requested range lies outside the video",

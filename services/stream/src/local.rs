@@ -31,6 +31,11 @@ pub(crate) async fn serve(
     let size = file.size();
     let validators = Validators::for_file(size, file.modified());
     let headers = req.headers();
+    // §13.2.2: preconditions first, then the conditions that answer 304.
+    let if_match = header_str(headers, &header::IF_MATCH);
+    if !validators.preconditions_hold(if_match, header_str(headers, &header::IF_UNMODIFIED_SINCE)) {
+        return Err(StreamError::PreconditionFailed);
+    }
     if validators.is_not_modified(
         header_str(headers, &header::IF_NONE_MATCH),
         header_str(headers, &header::IF_MODIFIED_SINCE),

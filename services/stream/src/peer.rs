@@ -18,8 +18,13 @@ use velour_storage::{ContentRange, RangeSet};
 
 /// Conditional request headers passed on as they came. `Range` is passed on too, but only
 /// once parsed, and nothing else of the caller's request (least of all its key) is.
-const FORWARDED_REQUEST: [HeaderName; 3] =
-    [header::IF_RANGE, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
+const FORWARDED_REQUEST: [HeaderName; 5] = [
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+];
 
 /// The peer's response headers that describe the bytes; no other header is relayed.
 const RELAYED_RESPONSE: [HeaderName; 6] = [
@@ -143,6 +148,7 @@ fn accept_status(
                 .and_then(|size| size.parse().ok());
             Err(StreamError::RangeNotSatisfiable { size })
         }
+        StatusCode::PRECONDITION_FAILED => Err(StreamError::PreconditionFailed),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             tracing::error!(peer.url = %peer, status = status.as_u16(), "peer refused our key");
             Err(StreamError::PeerRefused)

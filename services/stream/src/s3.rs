@@ -86,6 +86,7 @@ pub(crate) async fn serve(
     if is_conditional(req.headers()) {
         let (_, validators) = object.validators().await?;
         let headers = req.headers();
+        check_preconditions(&validators, headers)?;
         let if_none_match = header_str(headers, &header::IF_NONE_MATCH);
         let if_modified_since = header_str(headers, &header::IF_MODIFIED_SINCE);
         if validators.is_not_modified(if_none_match, if_modified_since) {
@@ -186,10 +187,27 @@ impl Object<'_> {
     }
 }
 
+/// §13.2.2 steps 1 and 2: a failed `If-Match` or `If-Unmodified-Since` is a 412.
+fn check_preconditions(validators: &Validators, headers: &HeaderMap) -> Result<(), StreamError> {
+    let if_match = header_str(headers, &header::IF_MATCH);
+    let if_unmodified_since = header_str(headers, &header::IF_UNMODIFIED_SINCE);
+    if validators.preconditions_hold(if_match, if_unmodified_since) {
+        Ok(())
+    } else {
+        Err(StreamError::PreconditionFailed)
+    }
+}
+
 fn is_conditional(headers: &HeaderMap) -> bool {
-    [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_RANGE]
-        .iter()
-        .any(|name| headers.contains_key(name))
+    [
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
 }
 
 fn not_modified(validators: &Validators) -> Response {
@@ -208,6 +226,7 @@ async fn head(
     headers: &HeaderMap,
 ) -> Result<Response, StreamError> {
     let (size, validators) = object.validators().await?;
+    check_preconditions(&validators, headers)?;
     let if_none_match = header_str(headers, &header::IF_NONE_MATCH);
     let if_modified_since = header_str(headers, &header::IF_MODIFIED_SINCE);
     if validators.is_not_modified(if_none_match, if_modified_since) {

@@ -49,6 +49,28 @@ impl Validators {
         httpdate::fmt_http_date(self.last_modified)
     }
 
+    /// Whether the request's preconditions hold (§13.2.2 steps 1 and 2): `If-Match` lists
+    /// the current tag (strong comparison, §13.1.1) or is `*`; without it,
+    /// `If-Unmodified-Since` is not before the last modification (§13.1.4; an invalid date
+    /// is ignored). A request whose preconditions fail is answered 412.
+    pub fn preconditions_hold(
+        &self,
+        if_match: Option<&str>,
+        if_unmodified_since: Option<&str>,
+    ) -> bool {
+        if let Some(list) = if_match {
+            if list.trim() == "*" {
+                return true;
+            }
+            let ours = opaque_tag(&self.etag);
+            return entity_tags(list).any(|(weak, tag)| !weak && Some(tag) == ours);
+        }
+        match if_unmodified_since.map(|date| httpdate::parse_http_date(date.trim())) {
+            Some(Ok(since)) => self.last_modified <= since,
+            _ => true,
+        }
+    }
+
     /// Whether a GET or HEAD is answered 304 Not Modified (§13.2.2 steps 3 and 4).
     /// `If-Modified-Since` counts only when `If-None-Match` is absent (§13.1.3).
     pub fn is_not_modified(
@@ -116,6 +138,25 @@ fn entity_tags(list: &str) -> impl Iterator<Item = (bool, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_match_compares_strongly_and_if_unmodified_since_only_without_it() {
+        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let v = Validators::for_digest("abc", modified);
+        let before = httpdate::fmt_http_date(modified - Duration::from_secs(60));
+        let after = httpdate::fmt_http_date(modified + Duration::from_secs(60));
+        assert!(v.preconditions_hold(None, None));
+        assert!(v.preconditions_hold(Some("\"abc\""), None));
+        assert!(v.preconditions_hold(Some("\"x\", \"abc\""), None));
+        assert!(v.preconditions_hold(Some("*"), None));
+        assert!(!v.preconditions_hold(Some("W/\"abc\""), None), "weak tags never match");
+        assert!(!v.preconditions_hold(Some("\"old\""), Some(&after)));
+        // If-Match decides alone when present.
+        assert!(v.preconditions_hold(Some("\"abc\""), Some(&before)));
+        assert!(v.preconditions_hold(None, Some(&after)));
+        assert!(!v.preconditions_hold(None, Some(&before)));
+        assert!(v.preconditions_hold(None, Some("not a date")));
+    }
 
     fn file() -> Validators {
         // 2024-03-01T12:00:00.5Z, 1000 bytes.
