@@ -208,6 +208,16 @@ fn not_found_or_internal(err: DbError) -> StreamError {
     }
 }
 
+/// The video's media type: by its container as the scan found it, else by its name.
+fn video_content_type(video: &VideoRow) -> &'static str {
+    velour_storage::content_type_for_video(
+        video.container.as_deref(),
+        video.video_codec.as_deref(),
+        video.audio_codec.as_deref(),
+        std::path::Path::new(&video.source_key),
+    )
+}
+
 /// A header's value if it is present once and readable as text.
 fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     let mut values = headers.get_all(name).iter();

@@ -2,7 +2,7 @@
 
 use crate::error::StreamError;
 use crate::metered::MeteredStream;
-use crate::{header_str, requested_ranges};
+use crate::{header_str, requested_ranges, video_content_type};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -43,6 +43,7 @@ pub(crate) async fn serve(
         return Ok(not_modified(&validators));
     }
     let plan = plan_to_send(headers, &validators, size)?;
+    let content_type = video_content_type(video);
 
     let response = Response::builder()
         .header(header::ACCEPT_RANGES, "bytes")
@@ -58,18 +59,15 @@ pub(crate) async fn serve(
             Body::Range(range),
         ),
         RangePlan::Multipart(parts) => {
-            let multipart = Multipart::new(parts, file.content_type(), size);
+            let multipart = Multipart::new(parts, content_type, size);
             let response = response
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(header::CONTENT_TYPE, multipart.content_type());
             (response, multipart.content_length(), Body::Parts(multipart))
         }
     };
-    let response = if matches!(body, Body::Parts(_)) {
-        response
-    } else {
-        response.content_type(file.content_type())
-    };
+    let response =
+        if matches!(body, Body::Parts(_)) { response } else { response.content_type(content_type) };
     // Set explicitly: the body is a stream of unknown length, and hyper sends this header
     // as it is instead of falling back to chunked encoding.
     let response = response.header(header::CONTENT_LENGTH, length);

@@ -7,7 +7,6 @@ use crate::metered::MeteredStream;
 use poem::http::{HeaderMap, Method, StatusCode, header};
 use poem::{Body, Request, Response};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio_util::io::ReaderStream;
 use velour_db::catalog::VideoRow;
@@ -16,9 +15,7 @@ use velour_storage::s3::aws_sdk_s3::Client;
 use velour_storage::s3::aws_sdk_s3::operation::get_object::GetObjectOutput;
 use velour_storage::s3::aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use velour_storage::s3::{S3Error, S3Settings};
-use velour_storage::{
-    ByteRange, ContentRange, Validators, content_type_for, unsatisfied_content_range,
-};
+use velour_storage::{ByteRange, ContentRange, Validators, unsatisfied_content_range};
 
 /// Bytes read from the object per chunk of the streamed body.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -68,8 +65,13 @@ pub(crate) async fn serve(
             StreamError::StorageUnavailable
         })?;
     let client = clients.client_for(location_id, &settings);
-    let object =
-        Object { client: &client, settings: &settings, key: &video.source_key, location_id };
+    let object = Object {
+        client: &client,
+        settings: &settings,
+        key: &video.source_key,
+        content_type: crate::video_content_type(video),
+        location_id,
+    };
     // Several ranges are answered with the whole object (§14.2 allows it; S3 would do the
     // same): only a single range is asked of the store.
     let mut range = header_str(req.headers(), &header::RANGE).and_then(ByteRange::parse);
@@ -134,7 +136,8 @@ pub(crate) async fn serve(
         }
     };
 
-    let response = headers_for(object.key, &head, partial.map(|p| content_range_value(&p)));
+    let response =
+        headers_for(object.content_type, &head, partial.map(|p| content_range_value(&p)));
     let stream = ReaderStream::with_capacity(got.body.into_async_read(), CHUNK_BYTES);
     tracing::debug!(bytes = head.length, partial = partial.is_some(), "stream started");
     let metered = MeteredStream::new(stream, video.id, Some(head.length));
@@ -146,6 +149,7 @@ struct Object<'a> {
     client: &'a Client,
     settings: &'a S3Settings,
     key: &'a str,
+    content_type: &'static str,
     location_id: i64,
 }
 
@@ -249,18 +253,18 @@ async fn head(
         etag: Some(validators.etag().to_owned()),
         last_modified: Some(validators.last_modified()),
     };
-    Ok(headers_for(object.key, &head, content_range).body(Body::empty()))
+    Ok(headers_for(object.content_type, &head, content_range).body(Body::empty()))
 }
 
 /// The status and headers of a 200 or 206.
 fn headers_for(
-    key: &str,
+    content_type: &'static str,
     head: &ObjectHead,
     content_range: Option<String>,
 ) -> poem::ResponseBuilder {
     let mut response = Response::builder()
         .header(header::ACCEPT_RANGES, "bytes")
-        .content_type(content_type_for(Path::new(key)))
+        .content_type(content_type)
         // Set explicitly, so hyper sends it instead of falling back to chunked encoding.
         .header(header::CONTENT_LENGTH, head.length);
     if let Some(etag) = &head.etag {

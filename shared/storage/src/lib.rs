@@ -9,7 +9,7 @@ pub mod s3;
 pub mod validators;
 
 pub use assets::{AssetError, AssetStore};
-pub use local::{LocalError, LocalFile, content_type_for};
+pub use local::{LocalError, LocalFile, content_type_for, content_type_for_video};
 pub use multipart::Multipart;
 pub use range::{
     ByteRange, ContentRange, RangePlan, RangeSet, ResolvedRange, Unsatisfiable,

@@ -181,10 +181,72 @@ pub fn content_type_for(path: &Path) -> &'static str {
     }
 }
 
+/// The media type of a video by what ffprobe found in it (`format_name`, codecs), so that
+/// a WebM named `.mkv` or an MP4 named `.m4v` is served as what it is; by its extension when
+/// the container is unknown. Matroska holding only WebM codecs is WebM, which browsers play.
+pub fn content_type_for_video(
+    container: Option<&str>,
+    video_codec: Option<&str>,
+    audio_codec: Option<&str>,
+    path: &Path,
+) -> &'static str {
+    let Some(container) = container else {
+        return content_type_for(path);
+    };
+    let names: Vec<&str> = container.split(',').map(str::trim).collect();
+    let has = |name: &str| names.contains(&name);
+    let webm_codecs = video_codec.is_some_and(|c| matches!(c, "vp8" | "vp9" | "av1"))
+        && audio_codec.is_none_or(|c| matches!(c, "opus" | "vorbis"));
+    if has("mp4") || has("mov") {
+        // One demuxer reads both; only a `.mov` name says QuickTime.
+        let quicktime = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mov"));
+        return if quicktime { "video/quicktime" } else { "video/mp4" };
+    }
+    if has("matroska") || has("webm") {
+        return if webm_codecs { "video/webm" } else { "video/x-matroska" };
+    }
+    match names.first().copied().unwrap_or_default() {
+        "avi" => "video/x-msvideo",
+        "mpegts" => "video/mp2t",
+        "mpeg" | "mpegvideo" => "video/mpeg",
+        "ogg" => "video/ogg",
+        "flv" => "video/x-flv",
+        "asf" => "video/x-ms-asf",
+        _ => content_type_for(path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn the_container_decides_the_type_and_the_name_only_when_it_is_unknown() {
+        let mkv = Path::new("film.mkv");
+        let cases = [
+            (Some("matroska,webm"), Some("vp9"), Some("opus"), mkv, "video/webm"),
+            (Some("matroska,webm"), Some("h264"), Some("aac"), mkv, "video/x-matroska"),
+            (Some("matroska,webm"), Some("vp9"), None, mkv, "video/webm"),
+            (Some("mov,mp4,m4a,3gp,3g2,mj2"), Some("h264"), None, Path::new("a.m4v"), "video/mp4"),
+            (
+                Some("mov,mp4,m4a,3gp,3g2,mj2"),
+                Some("h264"),
+                None,
+                Path::new("a.MOV"),
+                "video/quicktime",
+            ),
+            (Some("mov,mp4,m4a,3gp,3g2,mj2"), Some("h264"), None, Path::new("a.webm"), "video/mp4"),
+            (Some("mpegts"), Some("h264"), None, Path::new("a.ts"), "video/mp2t"),
+            (Some("avi"), Some("mpeg4"), None, Path::new("a.avi"), "video/x-msvideo"),
+            (None, None, None, Path::new("a.webm"), "video/webm"),
+            (Some("something new"), None, None, Path::new("a.mp4"), "video/mp4"),
+        ];
+        for (container, video, audio, path, expected) in cases {
+            let found = content_type_for_video(container, video, audio, path);
+            assert_eq!(found, expected, "{container:?} {video:?} {audio:?} {path:?}");
+        }
+    }
     use futures_util::TryStreamExt;
 
     fn root_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
