@@ -20,6 +20,7 @@ use velour_core::StorageType;
 use velour_core::settings::{DatabaseSettings, PeerSettings, WorkerSettings};
 use velour_db::PageRequest;
 use velour_db::locations::{NewLocation, create_location};
+use velour_db::secrets::SecretsCipher;
 use velour_db::scans::{ScanCounts, enqueue_scan_run, get_scan_run, list_scan_skips};
 use velour_jobs::ScanLocation;
 use velour_storage::AssetStore;
@@ -37,7 +38,7 @@ where
     let server = postgres_server();
     let name = format!("velour_worker_test_{}", uuid::Uuid::new_v4().simple());
     let url = Url::parse(&format!("{server}/{name}")).unwrap();
-    let pool = velour_db::connect_and_migrate(&DatabaseSettings { database_url: url })
+    let pool = velour_db::connect_and_migrate(&DatabaseSettings::new(url))
         .await
         .expect("Postgres must be running for the worker's database tests");
 
@@ -79,8 +80,14 @@ fn make_video(path: &Path, seconds: u32) {
 async fn add_location(pool: &PgPool, name: &str, kind: StorageType, config: Value) -> i64 {
     let secrets =
         if kind == StorageType::Velour { json!({"api_key": "peer-key"}) } else { json!({}) };
-    let new = NewLocation { name, storage_type: kind, configuration: config, secrets };
-    create_location(pool, new).await.unwrap().id
+    let new = NewLocation {
+        name,
+        storage_type: kind,
+        configuration: config,
+        secrets,
+        rescan_interval_secs: None,
+    };
+    create_location(pool, &SecretsCipher::default(), new).await.unwrap().id
 }
 
 async fn scan(state: &WorkerState, location_id: i64) -> (i64, Result<ScanCounts, ScanError>) {

@@ -193,7 +193,11 @@ async fn scan_by_storage_type(
     job: ScanLocation,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
-    let location = match get_location_with_secrets(&state.pool, job.storage_location_id).await {
+    let location = match get_location_with_secrets(
+        &state.pool,
+        &state.secrets,
+        job.storage_location_id,
+    ).await {
         Ok(location) => location,
         Err(DbError::NotFound) => return Err(ScanFailure::LocationGone),
         Err(err) => return Err(err.into()),
