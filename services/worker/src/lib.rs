@@ -15,6 +15,7 @@ mod oshash;
 mod peer;
 mod probe;
 mod scan;
+mod schedule;
 mod thumbnail;
 mod title;
 
@@ -24,6 +25,7 @@ mod db_tests;
 pub use connection_test::test_connection;
 pub use job::run;
 pub use scan::{ScanError, ScanFailure, scan_location};
+pub use schedule::queue_due_rescans;
 pub use thumbnail::{ThumbnailJobError, ThumbnailOutcome, generate_thumbnail};
 
 use anyhow::Context as _;
