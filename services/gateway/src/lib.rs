@@ -236,7 +236,9 @@ pub async fn run(
         anyhow::anyhow!("VELOUR_URL_SIGNING_SECRET: could not load the URL signing secret: {e}")
     })?;
     let secrets = velour_db::secrets::location_cipher(&pool, &db.secrets).await.map_err(|e| {
-        anyhow::anyhow!("VELOUR_SECRETS_KEY: the secrets of storage locations cannot be opened: {e}")
+        anyhow::anyhow!(
+            "VELOUR_SECRETS_KEY: the secrets of storage locations cannot be opened: {e}"
+        )
     })?;
     let mut state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
         .await?

@@ -181,14 +181,13 @@ async fn find_and_stream(
 
     let video =
         velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
-    let location =
-        velour_db::locations::get_location_with_secrets(
-            &state.pool,
-            &state.secrets,
-            video.storage_location_id,
-        )
-            .await
-            .map_err(not_found_or_internal)?;
+    let location = velour_db::locations::get_location_with_secrets(
+        &state.pool,
+        &state.secrets,
+        video.storage_location_id,
+    )
+    .await
+    .map_err(not_found_or_internal)?;
 
     match location.location.kind() {
         Some(StorageType::Local) => local::serve(&video, &location, req).await,

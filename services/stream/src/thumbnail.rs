@@ -39,14 +39,13 @@ pub(crate) async fn serve(
 
     let video =
         velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
-    let location =
-        velour_db::locations::get_location_with_secrets(
-            &state.pool,
-            &state.secrets,
-            video.storage_location_id,
-        )
-            .await
-            .map_err(not_found_or_internal)?;
+    let location = velour_db::locations::get_location_with_secrets(
+        &state.pool,
+        &state.secrets,
+        video.storage_location_id,
+    )
+    .await
+    .map_err(not_found_or_internal)?;
     match location.location.kind() {
         Some(StorageType::Velour) => from_peer(state, &video, &location, req).await,
         Some(StorageType::Local | StorageType::S3) => from_store(state, id, req).await,

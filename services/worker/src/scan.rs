@@ -166,11 +166,7 @@ pub async fn scan_location(
 /// Moves the location's scheduled rescans after this scan: a failure brings a retry with
 /// backoff, a peer that refused our key stops them. Losing this write only costs the
 /// schedule one interval, so it is logged.
-async fn record_schedule(
-    state: &WorkerState,
-    location_id: i64,
-    outcome: &Result<(), ScanFailure>,
-) {
+async fn record_schedule(state: &WorkerState, location_id: i64, outcome: &Result<(), ScanFailure>) {
     use velour_db::rescans::{ScanOutcome, record_scan_outcome};
     let refused;
     let schedule = match outcome {
@@ -217,15 +213,13 @@ async fn scan_by_storage_type(
     job: ScanLocation,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
-    let location = match get_location_with_secrets(
-        &state.pool,
-        &state.secrets,
-        job.storage_location_id,
-    ).await {
-        Ok(location) => location,
-        Err(DbError::NotFound) => return Err(ScanFailure::LocationGone),
-        Err(err) => return Err(err.into()),
-    };
+    let location =
+        match get_location_with_secrets(&state.pool, &state.secrets, job.storage_location_id).await
+        {
+            Ok(location) => location,
+            Err(DbError::NotFound) => return Err(ScanFailure::LocationGone),
+            Err(err) => return Err(err.into()),
+        };
     let scan = ScanContext { state, run_id: job.scan_run_id, location_id: location.location.id };
 
     match location.location.kind() {

@@ -45,8 +45,7 @@ pub async fn queue_due_rescans(
                 // The run would sit queued forever: fail it; the next interval tries again.
                 warn!(location.id = location_id, error = %err, "could not queue a rescan");
                 let message = "the scheduled rescan could not be queued";
-                scans::finish_scan_run(pool, run.id, ScanCounts::default(), Some(message))
-                    .await?;
+                scans::finish_scan_run(pool, run.id, ScanCounts::default(), Some(message)).await?;
                 continue;
             }
             info!(location.id = location_id, scan_run.id = run.id, "scheduled rescan queued");

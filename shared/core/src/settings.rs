@@ -389,10 +389,9 @@ fn parse_secrets_key(raw: &str) -> Result<SecretsKey, String> {
     } else {
         base64::engine::general_purpose::STANDARD.decode(raw).ok()
     };
-    bytes
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .map(SecretsKey)
-        .ok_or_else(|| "the key must be 32 bytes: 64 hex digits or base64 (openssl rand -hex 32)".to_owned())
+    bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()).map(SecretsKey).ok_or_else(|| {
+        "the key must be 32 bytes: 64 hex digits or base64 (openssl rand -hex 32)".to_owned()
+    })
 }
 
 /// Where images made from videos (thumbnails) are kept. The worker writes there and the

@@ -71,9 +71,11 @@ pub async fn record_scan_outcome(
     location_id: i64,
     outcome: ScanOutcome<'_>,
 ) -> Result<(), DbError> {
+    // Every statement takes the location as $1.
     let query = match outcome {
         ScanOutcome::Succeeded => {
             sqlx::query("UPDATE storage_locations SET scan_failures = 0 WHERE id = $1")
+                .bind(location_id)
         }
         // `scan_failures` on the right is the count before this failure.
         ScanOutcome::Failed => sqlx::query(
@@ -85,6 +87,7 @@ pub async fn record_scan_outcome(
                  END
              WHERE id = $1",
         )
+        .bind(location_id)
         .bind(f64::from(RETRY_BASE_SECS))
         .bind(f64::from(RETRY_CAP_SECS)),
         ScanOutcome::Refused(reason) => sqlx::query(
@@ -92,9 +95,10 @@ pub async fn record_scan_outcome(
              SET scan_failures = scan_failures + 1, rescans_halted_reason = $2
              WHERE id = $1",
         )
+        .bind(location_id)
         .bind(reason),
     };
-    query.bind(location_id).execute(pool).await?;
+    query.execute(pool).await?;
     Ok(())
 }
 

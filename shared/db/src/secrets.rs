@@ -137,7 +137,9 @@ impl SecretsCipher {
             .strip_prefix(SEALED_PREFIX)
             .and_then(|b64| BASE64.decode(b64).ok())
             .filter(|bytes| bytes.len() > NONCE_BYTES)
-            .ok_or_else(|| key_refused("the stored secrets are not in a format this release reads"))?;
+            .ok_or_else(|| {
+                key_refused("the stored secrets are not in a format this release reads")
+            })?;
         let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
         let nonce: [u8; NONCE_BYTES] = nonce.try_into().unwrap_or_default();
         let payload = Payload { msg: ciphertext, aad: SEALED_AAD };
@@ -175,15 +177,14 @@ pub async fn prepare_location_secrets(
     let mut sealed = 0;
     for (id, Json(secrets)) in plaintext {
         let replacement = cipher.seal(pool, &secrets).await?;
-        sealed += sqlx::query(
-            "UPDATE storage_locations SET secrets = $2 WHERE id = $1 AND secrets = $3",
-        )
-        .bind(id)
-        .bind(Json(&replacement))
-        .bind(Json(&secrets))
-        .execute(pool)
-        .await?
-        .rows_affected();
+        sealed +=
+            sqlx::query("UPDATE storage_locations SET secrets = $2 WHERE id = $1 AND secrets = $3")
+                .bind(id)
+                .bind(Json(&replacement))
+                .bind(Json(&secrets))
+                .execute(pool)
+                .await?
+                .rows_affected();
     }
 
     // Opening one sealed row is enough: they are all sealed with the same key.
