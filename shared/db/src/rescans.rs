@@ -44,6 +44,8 @@ pub async fn claim_due_rescans(pool: &PgPool, limit: i64) -> Result<Vec<i64>, Db
     let ids = sqlx::query_scalar(
         "WITH due AS (
              SELECT id FROM storage_locations
+             -- TODO(#5): skip peers whose connection is not active (or federation off);
+             -- they are claimed, fail at job time and only back off.
              WHERE next_scan_at <= now()
                AND rescan_interval_secs IS NOT NULL
                AND rescans_halted_reason IS NULL

@@ -200,6 +200,9 @@ pub async fn prepare_location_secrets(
     Ok(sealed)
 }
 
+// TODO(#5): a re-keying command (open with the old key, seal with the new one); today
+// changing VELOUR_SECRETS_KEY means re-creating the locations.
+
 /// The cipher a service runs with, once the catalog's secrets are ready for it (see
 /// `prepare_location_secrets`). Fails when the key does not open the stored secrets.
 pub async fn location_cipher(
