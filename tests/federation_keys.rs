@@ -497,11 +497,10 @@ async fn the_worker_rotates_a_peer_key_that_expires_within_the_grace_window() ->
     assert_eq!(b.all_works().await?.len(), 1);
 
     // B now holds the successor; A's connection follows it, and the old key is in grace.
-    let held: String =
-        sqlx::query_scalar("SELECT secrets->>'api_key' FROM storage_locations WHERE id = $1")
-            .bind(location)
-            .fetch_one(b.pool())
-            .await?;
+    // Sealed at rest: read through the cipher, with the key B keeps in its catalog.
+    let cipher = velour_db::secrets::SecretsCipher::default();
+    let opened = velour_db::locations::get_location_with_secrets(b.pool(), &cipher, location);
+    let held = opened.await?.secret_str("api_key").unwrap_or_default().to_owned();
     assert_ne!(held, old_key);
     assert_eq!(ping(&a, &held).await?.0, StatusCode::OK);
     let own = call(&a, Method::GET, "/api/v1/keys/self", &held, None).await?;

@@ -212,8 +212,10 @@ async fn add_peer_video(b: &Instance, base: &Url, label: &str) -> anyhow::Result
         storage_type: StorageType::Velour,
         configuration: json!({ "remote_instance_url": base.as_str(), "instance_name": label }),
         secrets: json!({ "api_key": "key-for-the-fake-peer" }),
+        rescan_interval_secs: None,
     };
-    let location = create_location(b.pool(), new).await?.id;
+    let cipher = velour_db::secrets::SecretsCipher::default();
+    let location = create_location(b.pool(), &cipher, new).await?.id;
     let work: i64 = sqlx::query_scalar("INSERT INTO works (title) VALUES ($1) RETURNING id")
         .bind(label)
         .fetch_one(b.pool())

@@ -88,7 +88,7 @@ impl TestDb {
         sweep_leftover_databases().await?;
         let name = format!("{TEST_DB_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let url = Url::parse(&format!("{}/{name}", postgres_server()))?;
-        let settings = DatabaseSettings { database_url: url };
+        let settings = DatabaseSettings::new(url);
         let pool = velour_db::connect_and_migrate(&settings).await?;
         Ok(Self { name, settings, pool })
     }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -81,6 +82,18 @@ pub struct NewStorageLocation {
     /// URL of an S3-compatible store), `prefix` (a folder in the bucket) and `path_style`
     /// (default true). The bucket must answer `HeadBucket` with these credentials.
     pub configuration: BTreeMap<String, Value>,
+    /// Seconds between scheduled rescans (60 to 31536000); omit or null for a location
+    /// scanned only on request.
+    pub rescan_interval_secs: Option<i64>,
+}
+
+/// Changes to a storage location. Any change resumes scheduled rescans that stopped
+/// after the peer refused our key.
+#[derive(Debug, Object)]
+pub struct StorageLocationUpdate {
+    /// Seconds between scheduled rescans (60 to 31536000); null stops them; omitted leaves
+    /// the interval as it is.
+    pub rescan_interval_secs: MaybeUndefined<i64>,
 }
 
 #[derive(Debug, Object)]
@@ -92,6 +105,16 @@ pub struct StorageLocation {
     pub configuration: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Seconds between scheduled rescans; null when the location is scanned only on
+    /// request.
+    pub rescan_interval_secs: Option<i32>,
+    /// When the next scheduled rescan is due.
+    pub next_scan_at: Option<DateTime<Utc>>,
+    /// Scans that failed in a row; each pushes the next retry further out.
+    pub scan_failures: i32,
+    /// Why scheduled rescans stopped (the peer refused our key); changing the location
+    /// resumes them.
+    pub rescans_halted_reason: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -149,7 +172,28 @@ fn location_json(row: LocationRow) -> StorageLocation {
         configuration: row.configuration.0,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        rescan_interval_secs: row.rescan_interval_secs,
+        next_scan_at: row.next_scan_at,
+        scan_failures: row.scan_failures,
+        rescans_halted_reason: row.rescans_halted_reason,
     }
+}
+
+/// A rescan interval from a request, within the bounds the catalog accepts.
+fn rescan_interval(secs: i64) -> Result<i32, ApiError> {
+    use velour_db::rescans::{MAX_RESCAN_INTERVAL_SECS, MIN_RESCAN_INTERVAL_SECS};
+    i32::try_from(secs)
+        .ok()
+        .filter(|s| (MIN_RESCAN_INTERVAL_SECS..=MAX_RESCAN_INTERVAL_SECS).contains(s))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-rescan-interval",
+                format!(
+                    "rescan_interval_secs must be between {MIN_RESCAN_INTERVAL_SECS} and \
+                     {MAX_RESCAN_INTERVAL_SECS}"
+                ),
+            )
+        })
 }
 
 fn scan_run_json(row: ScanRunRow, skipped: Vec<SkippedFile>) -> ScanRun {
@@ -373,12 +417,13 @@ impl AdminApi {
             ApiError::bad_request("invalid-storage-type", format!("storage_type: {e}"))
         })?;
         let name = checked_text("name", &body.0.name)?;
+        let rescan_interval_secs = body.0.rescan_interval_secs.map(rescan_interval).transpose()?;
         let (configuration, secrets) = validate_configuration(storage_type, &body.0.configuration)?;
         if storage_type == StorageType::S3 {
             check_bucket(&configuration, &secrets).await?;
         }
-        let new = NewLocation { name, storage_type, configuration, secrets };
-        let row = velour_db::locations::create_location(&state.pool, new)
+        let new = NewLocation { name, storage_type, configuration, secrets, rescan_interval_secs };
+        let row = velour_db::locations::create_location(&state.pool, &state.secrets, new)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
         tracing::info!(location.id = row.id, storage_type = %storage_type, "location created");
@@ -409,6 +454,34 @@ impl AdminApi {
         let row = velour_db::locations::get_location(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        Ok(Json(location_json(row)))
+    }
+
+    /// Changes a storage location's rescan schedule. Any update resumes scheduled rescans
+    /// that stopped because the peer refused our key, and forgets past failures.
+    #[oai(
+        path = "/storage_locations/:id",
+        method = "patch",
+        operation_id = "update_storage_location"
+    )]
+    async fn update_location(
+        &self,
+        _auth: AdminKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+        body: Json<StorageLocationUpdate>,
+    ) -> Result<Json<StorageLocation>, ApiError> {
+        let interval = match body.0.rescan_interval_secs {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(secs) => Some(Some(rescan_interval(secs)?)),
+        };
+        // TODO(#5): let the update replace the configuration and secrets too (a new key
+        // for a peer that refused ours); today that takes a new location.
+        let row = velour_db::rescans::update_schedule(&state.pool, id.0, interval)
+            .await
+            .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        tracing::info!(location.id = row.id, "location schedule updated");
         Ok(Json(location_json(row)))
     }
 

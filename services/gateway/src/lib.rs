@@ -51,6 +51,8 @@ pub struct GatewayState {
     pub rate_limiter: ratelimit::RateLimiter,
     /// Where federated requests leave their audit entries.
     pub audit: audit::AuditSink,
+    /// Seals the secrets of new locations.
+    pub secrets: velour_db::secrets::SecretsCipher,
 }
 
 impl GatewayState {
@@ -84,6 +86,7 @@ impl GatewayState {
             instance_name,
             url_signer: None,
             signed_url_ttl: SigningSettings::default().signed_url_ttl(),
+            secrets: velour_db::secrets::SecretsCipher::default(),
         })
     }
 
@@ -232,7 +235,12 @@ pub async fn run(
     let signer = velour_db::secrets::url_signer(&pool, signing).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_URL_SIGNING_SECRET: could not load the URL signing secret: {e}")
     })?;
-    let state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
+    let secrets = velour_db::secrets::location_cipher(&pool, &db.secrets).await.map_err(|e| {
+        anyhow::anyhow!(
+            "VELOUR_SECRETS_KEY: the secrets of storage locations cannot be opened: {e}"
+        )
+    })?;
+    let mut state = GatewayState::new(pool, redis, stream_url, gateway.instance_name.clone())
         .await?
         .with_url_signing(signer, signing.signed_url_ttl())
         .with_federation(federation.clone())
@@ -240,6 +248,7 @@ pub async fn run(
             gateway.federation_rate_limit_per_hour,
             gateway.federation_stream_rate_limit_per_hour,
         );
+    state.secrets = secrets;
     let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
     })?;

@@ -34,6 +34,7 @@ use velour_core::signing::UrlSigner;
 use velour_db::DbError;
 use velour_db::catalog::VideoRow;
 use velour_db::locations::LocationWithSecrets;
+use velour_db::secrets::SecretsCipher;
 use velour_storage::{AssetStore, RangeSet};
 
 /// How long a shutdown waits for open streams. A film can take hours to watch, so open
@@ -68,17 +69,27 @@ pub struct StreamState {
     assets: AssetStore,
     /// Clients of bucket locations, kept between requests.
     s3_clients: s3::S3Clients,
+    /// Opens the secrets of locations.
+    secrets: SecretsCipher,
 }
 
 impl StreamState {
     pub fn new(pool: PgPool, peer: PeerSettings, assets: AssetStore) -> anyhow::Result<Self> {
         let http = velour_peer::http_client(&peer).context("could not build the peer client")?;
-        Ok(Self { pool, http, peer, signer: None, assets, s3_clients: s3::S3Clients::default() })
+        let s3_clients = s3::S3Clients::default();
+        let secrets = SecretsCipher::default();
+        Ok(Self { pool, http, peer, signer: None, assets, s3_clients, secrets })
     }
 
     /// Accepts signed stream URLs checked with `signer`.
     pub fn with_signer(mut self, signer: UrlSigner) -> Self {
         self.signer = Some(signer);
+        self
+    }
+
+    /// Opens location secrets with `secrets` (by default, the key kept in the catalog).
+    pub fn with_secrets(mut self, secrets: SecretsCipher) -> Self {
+        self.secrets = secrets;
         self
     }
 }
@@ -128,7 +139,11 @@ pub async fn run(
     let signer = velour_db::secrets::url_signer(&pool, signing)
         .await
         .context("could not load the URL signing secret (VELOUR_URL_SIGNING_SECRET)")?;
-    let state = StreamState::new(pool, peer.clone(), assets)?.with_signer(signer);
+    let secrets = velour_db::secrets::location_cipher(&pool, &db.secrets)
+        .await
+        .context("VELOUR_SECRETS_KEY: the secrets of storage locations cannot be opened")?;
+    let state =
+        StreamState::new(pool, peer.clone(), assets)?.with_signer(signer).with_secrets(secrets);
     let listener = TcpListener::bind(addr.stream_addr).await.with_context(|| {
         format!("could not listen on {} (VELOUR_STREAM_ADDR)", addr.stream_addr)
     })?;
@@ -169,10 +184,13 @@ pub(crate) async fn authorized_video(
 
     let video =
         velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
-    let location =
-        velour_db::locations::get_location_with_secrets(&state.pool, video.storage_location_id)
-            .await
-            .map_err(not_found_or_internal)?;
+    let location = velour_db::locations::get_location_with_secrets(
+        &state.pool,
+        &state.secrets,
+        video.storage_location_id,
+    )
+    .await
+    .map_err(not_found_or_internal)?;
     Ok((video, location))
 }
 

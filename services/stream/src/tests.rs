@@ -15,6 +15,7 @@ use url::Url;
 use velour_core::Permissions;
 use velour_db::keys::{KeyOwner, create_api_key};
 use velour_db::locations::{NewLocation, create_location};
+use velour_db::secrets::SecretsCipher;
 
 const POSTGRES: &str = "postgres://127.0.0.1";
 const VIDEO_PATH: &str = "films/Big Buck Bunny (2008).mp4";
@@ -48,8 +49,14 @@ impl Library {
 
     async fn add_location(&self, kind: StorageType, configuration: Value, secrets: Value) -> i64 {
         let name = format!("location {}", uuid::Uuid::new_v4());
-        let new = NewLocation { name: &name, storage_type: kind, configuration, secrets };
-        create_location(&self.pool, new).await.unwrap().id
+        let new = NewLocation {
+            name: &name,
+            storage_type: kind,
+            configuration,
+            secrets,
+            rescan_interval_secs: None,
+        };
+        create_location(&self.pool, &SecretsCipher::default(), new).await.unwrap().id
     }
 
     async fn add_video(&self, location_id: i64, source_key: &str, metadata: Value) -> i64 {
@@ -90,7 +97,7 @@ where
 {
     let name = format!("velour_stream_test_{}", uuid::Uuid::new_v4().simple());
     let database_url = Url::parse(&format!("{POSTGRES}/{name}")).unwrap();
-    let pool = velour_db::connect_and_migrate(&DatabaseSettings { database_url }).await.unwrap();
+    let pool = velour_db::connect_and_migrate(&DatabaseSettings::new(database_url)).await.unwrap();
 
     // Held here: a test's `async move` block captures only the fields it uses, so a
     // folder owned by `Library` could be deleted before the test runs.

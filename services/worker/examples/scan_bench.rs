@@ -12,6 +12,7 @@ use velour_core::StorageType;
 use velour_core::settings::{DatabaseSettings, PeerSettings, WorkerSettings};
 use velour_db::locations::{NewLocation, create_location};
 use velour_db::scans::enqueue_scan_run;
+use velour_db::secrets::SecretsCipher;
 use velour_jobs::ScanLocation;
 use velour_storage::AssetStore;
 use velour_worker::{WorkerState, scan_location};
@@ -32,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let server = std::env::var("VELOUR_BENCH_POSTGRES").unwrap_or("postgres://127.0.0.1".into());
     let name = format!("velour_bench_{}", std::process::id());
     let url = Url::parse(&format!("{server}/{name}"))?;
-    let pool = velour_db::connect_and_migrate(&DatabaseSettings { database_url: url }).await?;
+    let pool = velour_db::connect_and_migrate(&DatabaseSettings::new(url)).await?;
     let outcome = run(&pool, library.path(), files).await;
 
     pool.close().await;
@@ -48,8 +49,9 @@ async fn run(pool: &sqlx::PgPool, root: &Path, files: u32) -> anyhow::Result<()>
         storage_type: StorageType::Local,
         configuration: json!({ "path": root }),
         secrets: json!({}),
+        rescan_interval_secs: None,
     };
-    let location = create_location(pool, new).await?.id;
+    let location = create_location(pool, &SecretsCipher::default(), new).await?.id;
     // Scans run directly, not through the queue, so no thumbnail is made into this store.
     let assets = AssetStore::Directory(std::env::temp_dir().join("velour-scan-bench-assets"));
     let state =

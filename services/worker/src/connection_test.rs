@@ -60,7 +60,7 @@ async fn reach_peer(state: &WorkerState, location_id: Option<i64>) -> Result<Tes
         return Err("federation is turned off on this instance (FEDERATION_ENABLED)".to_owned());
     }
     let location_id = location_id.ok_or("the connection has no storage location")?;
-    let location = match get_location_with_secrets(&state.pool, location_id).await {
+    let location = match get_location_with_secrets(&state.pool, &state.secrets, location_id).await {
         Ok(location) => location,
         Err(DbError::NotFound) => return Err("the storage location no longer exists".to_owned()),
         Err(err) => return Err(format!("the catalog database failed: {err}")),

@@ -21,6 +21,7 @@ use velour_core::settings::{DatabaseSettings, PeerSettings, WorkerSettings};
 use velour_db::PageRequest;
 use velour_db::locations::{NewLocation, create_location};
 use velour_db::scans::{ScanCounts, enqueue_scan_run, get_scan_run, list_scan_skips};
+use velour_db::secrets::SecretsCipher;
 use velour_jobs::ScanLocation;
 use velour_storage::AssetStore;
 
@@ -37,7 +38,7 @@ where
     let server = postgres_server();
     let name = format!("velour_worker_test_{}", uuid::Uuid::new_v4().simple());
     let url = Url::parse(&format!("{server}/{name}")).unwrap();
-    let pool = velour_db::connect_and_migrate(&DatabaseSettings { database_url: url })
+    let pool = velour_db::connect_and_migrate(&DatabaseSettings::new(url))
         .await
         .expect("Postgres must be running for the worker's database tests");
 
@@ -79,8 +80,14 @@ fn make_video(path: &Path, seconds: u32) {
 async fn add_location(pool: &PgPool, name: &str, kind: StorageType, config: Value) -> i64 {
     let secrets =
         if kind == StorageType::Velour { json!({"api_key": "peer-key"}) } else { json!({}) };
-    let new = NewLocation { name, storage_type: kind, configuration: config, secrets };
-    create_location(pool, new).await.unwrap().id
+    let new = NewLocation {
+        name,
+        storage_type: kind,
+        configuration: config,
+        secrets,
+        rescan_interval_secs: None,
+    };
+    create_location(pool, &SecretsCipher::default(), new).await.unwrap().id
 }
 
 async fn scan(state: &WorkerState, location_id: i64) -> (i64, Result<ScanCounts, ScanError>) {
@@ -1366,6 +1373,164 @@ async fn a_write_committed_after_the_cursor_was_taken_is_in_the_next_changes() {
         let later = velour_db::catalog::sync_cursor(&pool).await.unwrap();
         let (_, total) = velour_db::catalog::list_changed_works(&pool, later, page).await.unwrap();
         assert_eq!(total, 0);
+    })
+    .await;
+}
+
+async fn add_peer_location_with_interval(pool: &PgPool, cipher: &SecretsCipher) -> i64 {
+    let new = NewLocation {
+        name: "scheduled peer",
+        storage_type: StorageType::Velour,
+        configuration: json!({ "remote_instance_url": "https://peer.example/" }),
+        secrets: json!({ "api_key": "peer-key-in-clear" }),
+        rescan_interval_secs: Some(60),
+    };
+    create_location(pool, cipher, new).await.unwrap().id
+}
+
+#[tokio::test]
+async fn location_secrets_are_stored_sealed_and_open_only_with_their_key() {
+    use velour_core::settings::SecretsKey;
+    use velour_db::locations::get_location_with_secrets;
+    use velour_db::secrets::prepare_location_secrets;
+    with_database(|pool| async move {
+        let cipher = SecretsCipher::with_key(Some(SecretsKey::new([7; 32])));
+        let id = add_peer_location_with_interval(&pool, &cipher).await;
+
+        let stored: String = sqlx::query_scalar("SELECT secrets::text FROM storage_locations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(!stored.contains("peer-key-in-clear"), "stored: {stored}");
+        assert!(stored.contains("xchacha20poly1305:v1:"));
+
+        let opened = get_location_with_secrets(&pool, &cipher, id).await.unwrap();
+        assert_eq!(opened.secret_str("api_key"), Some("peer-key-in-clear"));
+
+        // Rotation reseals the new key.
+        velour_db::locations::set_peer_api_key(&pool, &cipher, id, "rotated").await.unwrap();
+        let opened = get_location_with_secrets(&pool, &cipher, id).await.unwrap();
+        assert_eq!(opened.secret_str("api_key"), Some("rotated"));
+
+        let wrong = SecretsCipher::with_key(Some(SecretsKey::new([8; 32])));
+        let err = get_location_with_secrets(&pool, &wrong, id).await.unwrap_err();
+        assert!(err.to_string().contains("VELOUR_SECRETS_KEY"), "{err}");
+        let err = prepare_location_secrets(&pool, &wrong).await.unwrap_err();
+        assert!(matches!(err, velour_db::DbError::Refused { code: "secrets-key-mismatch", .. }));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plaintext_secrets_of_older_releases_are_read_and_sealed_at_start() {
+    use velour_db::locations::get_location_with_secrets;
+    use velour_db::secrets::prepare_location_secrets;
+    with_database(|pool| async move {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO storage_locations (name, storage_type, configuration, secrets)
+             VALUES ('old', 'velour', '{}', '{\"api_key\": \"old-key\"}') RETURNING id",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let cipher = SecretsCipher::default();
+        let opened = get_location_with_secrets(&pool, &cipher, id).await.unwrap();
+        assert_eq!(opened.secret_str("api_key"), Some("old-key"));
+
+        assert_eq!(prepare_location_secrets(&pool, &cipher).await.unwrap(), 1);
+        let stored: String = sqlx::query_scalar("SELECT secrets::text FROM storage_locations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(!stored.contains("old-key"));
+        // A second service starting finds nothing left to seal, and the same catalog key.
+        assert_eq!(prepare_location_secrets(&pool, &SecretsCipher::default()).await.unwrap(), 0);
+        let opened = get_location_with_secrets(&pool, &cipher, id).await.unwrap();
+        assert_eq!(opened.secret_str("api_key"), Some("old-key"));
+    })
+    .await;
+}
+
+async fn make_due(pool: &PgPool, id: i64) {
+    sqlx::query("UPDATE storage_locations SET next_scan_at = now() - interval '1 s' WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Seconds from now to the location's next scheduled scan.
+async fn secs_to_next_scan(pool: &PgPool, id: i64) -> Option<f64> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_scan_at - now())::float8
+         FROM storage_locations WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_schedulers_racing_claim_a_due_location_once_and_respect_its_interval() {
+    use velour_db::rescans::claim_due_rescans;
+    with_database(|pool| async move {
+        let id = add_peer_location_with_interval(&pool, &SecretsCipher::default()).await;
+        // Created with its first rescan one interval away.
+        assert!(claim_due_rescans(&pool, 10).await.unwrap().is_empty());
+        let next = secs_to_next_scan(&pool, id).await.unwrap();
+        assert!((55.0..=60.0).contains(&next), "next scan in {next} s");
+
+        for _ in 0..20 {
+            make_due(&pool, id).await;
+            let (a, b) = tokio::join!(claim_due_rescans(&pool, 10), claim_due_rescans(&pool, 10));
+            let claims = a.unwrap().len() + b.unwrap().len();
+            assert_eq!(claims, 1, "a due location is claimed exactly once");
+            // Claiming moved it an interval on: not due again right away.
+            assert!(claim_due_rescans(&pool, 10).await.unwrap().is_empty());
+            let next = secs_to_next_scan(&pool, id).await.unwrap();
+            assert!((55.0..=60.0).contains(&next), "next scan in {next} s");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_location_changes() {
+    use velour_db::rescans::{ScanOutcome, claim_due_rescans, record_scan_outcome};
+    with_database(|pool| async move {
+        let id = add_peer_location_with_interval(&pool, &SecretsCipher::default()).await;
+
+        for expected in [60.0, 120.0, 240.0, 480.0] {
+            record_scan_outcome(&pool, id, ScanOutcome::Failed).await.unwrap();
+            let next = secs_to_next_scan(&pool, id).await.unwrap();
+            assert!((expected - 5.0..=expected).contains(&next), "{next} s, not {expected}");
+        }
+        for _ in 0..30 {
+            record_scan_outcome(&pool, id, ScanOutcome::Failed).await.unwrap();
+        }
+        let capped = secs_to_next_scan(&pool, id).await.unwrap();
+        assert!(capped <= 6.0 * 3600.0 && capped > 6.0 * 3600.0 - 5.0, "{capped} s");
+
+        record_scan_outcome(&pool, id, ScanOutcome::Succeeded).await.unwrap();
+        let row = velour_db::locations::get_location(&pool, id).await.unwrap();
+        assert_eq!(row.scan_failures, 0);
+
+        let reason = "the peer refused our key on /api/v1/works (HTTP 401)";
+        record_scan_outcome(&pool, id, ScanOutcome::Refused(reason)).await.unwrap();
+        make_due(&pool, id).await;
+        assert!(claim_due_rescans(&pool, 10).await.unwrap().is_empty(), "not retried");
+        let row = velour_db::locations::get_location(&pool, id).await.unwrap();
+        assert_eq!(row.rescans_halted_reason.as_deref(), Some(reason));
+
+        // Any change to the location resumes the schedule, one interval out.
+        let row = velour_db::rescans::update_schedule(&pool, id, None).await.unwrap();
+        assert_eq!((row.rescans_halted_reason, row.scan_failures), (None, 0));
+        make_due(&pool, id).await;
+        assert_eq!(claim_due_rescans(&pool, 10).await.unwrap(), vec![id]);
+
+        let row = velour_db::rescans::update_schedule(&pool, id, Some(None)).await.unwrap();
+        assert_eq!((row.rescan_interval_secs, row.next_scan_at), (None, None));
     })
     .await;
 }

@@ -111,7 +111,8 @@ pub(crate) async fn run_on(
             .build(crate::connection_test::handle_test_job);
         run_until_shutdown(worker.run_until(stop.clone().map(Ok::<(), std::io::Error>)), stop)
     });
-    tokio::try_join!(scan_workers, thumbnail_workers, test_workers)?;
+    let scheduler = crate::schedule::run_scheduler(state.clone(), scans.clone(), shutdown);
+    tokio::try_join!(scan_workers, thumbnail_workers, test_workers, scheduler)?;
     Ok(())
 }
 
@@ -228,8 +229,8 @@ async fn handle_scan_job(
             warn!(error = %err, "the scan will be tried again");
             Err(err.into())
         }
-        // TODO(#5): retries with backoff for failures that may pass (an unreachable peer,
-        // a database blip), recorded so that a retried run is not shown as failed first.
+        // Failures that may pass are retried by the rescan schedule, with backoff, as a new
+        // run; a peer that refused our key is not (see `velour_db::rescans`).
         Err(err) => Err(Box::new(AbortError::new(err))),
     }
 }

@@ -15,6 +15,7 @@ mod oshash;
 mod peer;
 mod probe;
 mod scan;
+mod schedule;
 mod thumbnail;
 mod title;
 
@@ -24,6 +25,7 @@ mod db_tests;
 pub use connection_test::test_connection;
 pub use job::run;
 pub use scan::{ScanError, ScanFailure, scan_location};
+pub use schedule::queue_due_rescans;
 pub use thumbnail::{ThumbnailJobError, ThumbnailOutcome, generate_thumbnail};
 
 use anyhow::Context as _;
@@ -35,6 +37,7 @@ use velour_core::settings::{
     AssetSettings, DatabaseSettings, FederationSettings, PeerSettings, RedisSettings,
     WorkerSettings,
 };
+use velour_db::secrets::SecretsCipher;
 use velour_jobs::ThumbnailStorage;
 use velour_storage::AssetStore;
 
@@ -54,6 +57,8 @@ pub struct WorkerState {
     /// Where scans queue thumbnail jobs; `None` when no queue is connected (scans run
     /// directly, as in tests), and then no job is queued.
     thumbnail_queue: Option<ThumbnailStorage>,
+    /// Opens (and after key rotation, seals) the secrets of locations.
+    secrets: SecretsCipher,
 }
 
 impl WorkerState {
@@ -72,7 +77,14 @@ impl WorkerState {
             probes: Arc::default(),
             assets,
             thumbnail_queue: None,
+            secrets: SecretsCipher::default(),
         }
+    }
+
+    /// Opens location secrets with `secrets` (by default, the key kept in the catalog).
+    pub fn with_secrets(mut self, secrets: SecretsCipher) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Scans peers (and rotates the keys we hold for them) as `federation` says.
@@ -114,8 +126,12 @@ pub async fn run_from_settings(
         let url = velour_core::settings::redact_url(&database.database_url);
         format!("DATABASE_URL: could not open the catalog at {url}")
     })?;
+    let secrets = velour_db::secrets::location_cipher(&pool, &database.secrets)
+        .await
+        .context("VELOUR_SECRETS_KEY: the secrets of storage locations cannot be opened")?;
     let state = WorkerState::new(pool, worker.clone(), peer.clone(), assets)
-        .with_federation(federation.clone());
+        .with_federation(federation.clone())
+        .with_secrets(secrets);
     run(state, &redis.redis_url, shutdown).await
 }
 

@@ -257,7 +257,8 @@ async fn ingest_rotated_key(
     if rotated.key.is_empty() || !rotated.key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ScanFailure::PeerListing("the peer's rotated key is not usable".into()));
     }
-    locations::set_peer_api_key(scan.pool(), scan.location_id, &rotated.key).await?;
+    locations::set_peer_api_key(scan.pool(), &scan.state.secrets, scan.location_id, &rotated.key)
+        .await?;
     Ok(())
 }
 

@@ -138,6 +138,7 @@ pub async fn scan_location(
         error!(error = %err, scan.error = message, "could not record the end of the scan");
         return Err(ScanError::Unrecorded(err));
     }
+    record_schedule(state, job.storage_location_id, &outcome).await;
     // Also after a failed scan: the videos it did index deserve their thumbnails.
     queue_thumbnails(state, job.storage_location_id).await;
     match outcome {
@@ -159,6 +160,25 @@ pub async fn scan_location(
             warn!(error = %failure, videos_seen = counts.videos_seen, "scan failed");
             Err(ScanError::Failed(failure))
         }
+    }
+}
+
+/// Moves the location's scheduled rescans after this scan: a failure brings a retry with
+/// backoff, a peer that refused our key stops them. Losing this write only costs the
+/// schedule one interval, so it is logged.
+async fn record_schedule(state: &WorkerState, location_id: i64, outcome: &Result<(), ScanFailure>) {
+    use velour_db::rescans::{ScanOutcome, record_scan_outcome};
+    let refused;
+    let schedule = match outcome {
+        Ok(()) => ScanOutcome::Succeeded,
+        Err(failure @ ScanFailure::Peer(PeerError::Unauthorized { .. })) => {
+            refused = failure.to_string();
+            ScanOutcome::Refused(&refused)
+        }
+        Err(_) => ScanOutcome::Failed,
+    };
+    if let Err(err) = record_scan_outcome(&state.pool, location_id, schedule).await {
+        warn!(error = %err, "could not update the location's rescan schedule");
     }
 }
 
@@ -198,11 +218,13 @@ async fn scan_by_storage_type(
     job: ScanLocation,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
-    let location = match get_location_with_secrets(&state.pool, job.storage_location_id).await {
-        Ok(location) => location,
-        Err(DbError::NotFound) => return Err(ScanFailure::LocationGone),
-        Err(err) => return Err(err.into()),
-    };
+    let location =
+        match get_location_with_secrets(&state.pool, &state.secrets, job.storage_location_id).await
+        {
+            Ok(location) => location,
+            Err(DbError::NotFound) => return Err(ScanFailure::LocationGone),
+            Err(err) => return Err(err.into()),
+        };
     let scan = ScanContext { state, run_id: job.scan_run_id, location_id: location.location.id };
 
     match location.location.kind() {

@@ -252,6 +252,7 @@ pub async fn generate_thumbnail(
     }
     let location = match velour_db::locations::get_location_with_secrets(
         pool,
+        &state.secrets,
         video.storage_location_id,
     )
     .await

@@ -23,12 +23,24 @@ pub struct DatabaseSettings {
         value_parser = parse_postgres_url
     )]
     pub database_url: Url,
+
+    /// The key that seals the secrets the catalog holds (`VELOUR_SECRETS_KEY`).
+    #[command(flatten)]
+    pub secrets: SecretsSettings,
+}
+
+impl DatabaseSettings {
+    /// The catalog at `database_url`, its secrets sealed with the key kept in it.
+    pub fn new(database_url: Url) -> Self {
+        Self { database_url, secrets: SecretsSettings::default() }
+    }
 }
 
 impl fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseSettings")
             .field("database_url", &redact_url(&self.database_url))
+            .field("secrets", &self.secrets)
             .finish()
     }
 }
@@ -329,6 +341,59 @@ fn parse_signing_secret(raw: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
+/// The key that encrypts the secrets of storage locations at rest (the keys we hold for
+/// peers, S3 secret access keys). Read by every service that opens the catalog.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SecretsSettings {
+    /// 32 bytes, as 64 hex digits or in base64 (e.g. `openssl rand -hex 32`). Every service
+    /// of one instance must share it. Unset: a random key is created in the catalog on
+    /// first start and read from there, which keeps secrets out of plain sight in the
+    /// table but not from someone holding a dump of the whole database: set it (and keep
+    /// it apart from the database's backups) so that a dump alone reveals no secret. A key
+    /// that does not open the stored secrets stops the services at start.
+    #[arg(
+        long = "secrets-key",
+        env = "VELOUR_SECRETS_KEY",
+        value_name = "VELOUR_SECRETS_KEY",
+        hide_env_values = true,
+        value_parser = parse_secrets_key
+    )]
+    pub secrets_key: Option<SecretsKey>,
+}
+
+/// A 256-bit key for secrets at rest. Its `Debug` shows no byte of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretsKey([u8; 32]);
+
+impl SecretsKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretsKey(REDACTED)")
+    }
+}
+
+fn parse_secrets_key(raw: &str) -> Result<SecretsKey, String> {
+    use base64::Engine as _;
+    let raw = raw.trim();
+    let bytes = if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(raw).ok()
+    } else {
+        base64::engine::general_purpose::STANDARD.decode(raw).ok()
+    };
+    bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()).map(SecretsKey).ok_or_else(|| {
+        "the key must be 32 bytes: 64 hex digits or base64 (openssl rand -hex 32)".to_owned()
+    })
+}
+
 /// Where images made from videos (thumbnails) are kept. The worker writes there and the
 /// stream service reads, so every replica of both must reach the same store: a directory
 /// on a volume they share, or a bucket.
@@ -582,6 +647,18 @@ mod tests {
         let parsed = <Cli as clap::Parser>::try_parse_from(off).unwrap().federation;
         assert!(!parsed.enabled);
         assert_eq!(parsed.token_lifetime(), Some(chrono::Duration::hours(2)));
+    }
+
+    #[test]
+    fn secrets_key_is_read_as_hex_or_base64_of_32_bytes() {
+        let hex_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let from_hex = parse_secrets_key(hex_key).unwrap();
+        assert_eq!(from_hex.expose()[1], 0x11);
+        let b64 = "ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=";
+        assert_eq!(parse_secrets_key(b64).unwrap(), from_hex);
+        assert!(parse_secrets_key("too short").is_err());
+        assert!(parse_secrets_key(&hex_key[..62]).is_err());
+        assert!(!format!("{from_hex:?}").contains("11"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod connections;
 pub mod ingest;
 pub mod keys;
 pub mod locations;
+pub mod rescans;
 pub mod scans;
 pub mod secrets;
 

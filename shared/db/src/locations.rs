@@ -1,6 +1,7 @@
 //! Storage locations: folders, buckets and peers that hold videos.
 
 use crate::DbError;
+use crate::secrets::SecretsCipher;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -16,6 +17,15 @@ pub struct LocationRow {
     pub configuration: Json<Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Seconds between scheduled rescans; `None` for a location scanned only on request.
+    pub rescan_interval_secs: Option<i32>,
+    /// When the scheduler queues the next scan.
+    pub next_scan_at: Option<DateTime<Utc>>,
+    /// Scans failed in a row (reset by one that succeeds).
+    pub scan_failures: i32,
+    /// Why scheduled rescans stopped (the peer refused our key), until the location is
+    /// changed.
+    pub rescans_halted_reason: Option<String>,
 }
 
 impl LocationRow {
@@ -30,12 +40,19 @@ impl LocationRow {
     }
 }
 
-/// A location with the secrets the worker and stream service need to reach it.
-#[derive(Clone, sqlx::FromRow)]
+/// A location with the secrets the worker and stream service need to reach it, opened.
+#[derive(Clone)]
 pub struct LocationWithSecrets {
-    #[sqlx(flatten)]
     pub location: LocationRow,
     pub secrets: Json<Value>,
+}
+
+/// A location as stored: its secrets still sealed.
+#[derive(sqlx::FromRow)]
+struct SealedLocation {
+    #[sqlx(flatten)]
+    location: LocationRow,
+    secrets: Json<Value>,
 }
 
 impl LocationWithSecrets {
@@ -55,27 +72,39 @@ impl std::fmt::Debug for LocationWithSecrets {
     }
 }
 
-const COLUMNS: &str = "id, name, storage_type, configuration, created_at, updated_at";
+const COLUMNS: &str = "id, name, storage_type, configuration, created_at, updated_at,
+    rescan_interval_secs, next_scan_at, scan_failures, rescans_halted_reason";
 
 /// A location to create, already validated by the caller.
 pub struct NewLocation<'a> {
     pub name: &'a str,
     pub storage_type: StorageType,
     pub configuration: Value,
+    /// Sealed with the cipher before they are stored.
     pub secrets: Value,
+    /// Seconds between scheduled rescans (at least 60, as the column's CHECK wants).
+    pub rescan_interval_secs: Option<i32>,
 }
 
-pub async fn create_location(pool: &PgPool, new: NewLocation<'_>) -> Result<LocationRow, DbError> {
-    // TODO(#5): encrypt `secrets` at rest with a key from the settings.
-    sqlx::query_as(
-        "INSERT INTO storage_locations (name, storage_type, configuration, secrets)
-         VALUES ($1, $2, $3, $4)
-         RETURNING id, name, storage_type, configuration, created_at, updated_at",
-    )
+/// Creates a location, its secrets sealed; the first scheduled rescan is one interval
+/// away.
+pub async fn create_location(
+    pool: &PgPool,
+    cipher: &SecretsCipher,
+    new: NewLocation<'_>,
+) -> Result<LocationRow, DbError> {
+    let sealed = cipher.seal(pool, &new.secrets).await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO storage_locations
+             (name, storage_type, configuration, secrets, rescan_interval_secs, next_scan_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $5))
+         RETURNING {COLUMNS}"
+    )))
     .bind(new.name)
     .bind(new.storage_type.as_str())
     .bind(Json(&new.configuration))
-    .bind(Json(&new.secrets))
+    .bind(Json(&sealed))
+    .bind(new.rescan_interval_secs)
     .fetch_one(pool)
     .await
     .map_err(|e| DbError::conflict_or(e, "a storage location with this name already exists"))
@@ -100,32 +129,56 @@ pub async fn get_location(pool: &PgPool, id: i64) -> Result<LocationRow, DbError
     .ok_or(DbError::NotFound)
 }
 
+/// A location with its secrets opened: the one place they are read.
 pub async fn get_location_with_secrets(
     pool: &PgPool,
+    cipher: &SecretsCipher,
     id: i64,
 ) -> Result<LocationWithSecrets, DbError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let sealed: SealedLocation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, secrets FROM storage_locations WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
     .await?
-    .ok_or(DbError::NotFound)
+    .ok_or(DbError::NotFound)?;
+    let secrets = cipher.open(pool, sealed.secrets.0).await?;
+    Ok(LocationWithSecrets { location: sealed.location, secrets: Json(secrets) })
 }
 
 /// Replaces the key we hold for a peer location (after rotating it on the peer).
-pub async fn set_peer_api_key(pool: &PgPool, id: i64, api_key: &str) -> Result<(), DbError> {
-    let updated = sqlx::query(
-        "UPDATE storage_locations
-         SET secrets = jsonb_set(secrets, '{api_key}', to_jsonb($2::text)), updated_at = now()
-         WHERE id = $1 AND storage_type = 'velour'",
+pub async fn set_peer_api_key(
+    pool: &PgPool,
+    cipher: &SecretsCipher,
+    id: i64,
+    api_key: &str,
+) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    let stored: Option<Json<Value>> = sqlx::query_scalar(
+        "SELECT secrets FROM storage_locations WHERE id = $1 AND storage_type = 'velour'
+         FOR UPDATE",
     )
     .bind(id)
-    .bind(api_key)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if updated == 0 { Err(DbError::NotFound) } else { Ok(()) }
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(Json(stored)) = stored else {
+        return Err(DbError::NotFound);
+    };
+    let mut secrets = cipher.open(pool, stored).await?;
+    match secrets.as_object_mut() {
+        Some(fields) => {
+            fields.insert("api_key".to_owned(), Value::String(api_key.to_owned()));
+        }
+        None => secrets = serde_json::json!({ "api_key": api_key }),
+    }
+    let sealed = cipher.seal(pool, &secrets).await?;
+    sqlx::query("UPDATE storage_locations SET secrets = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(Json(&sealed))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The cursor a peer location's last complete scan ended with, if any.

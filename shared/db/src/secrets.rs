@@ -1,10 +1,19 @@
 //! Secrets the instance keeps in its catalog, so that every replica of every service
-//! sharing the database uses the same one without anybody configuring it.
+//! sharing the database uses the same one without anybody configuring it; and the cipher
+//! that keeps the secrets of storage locations sealed at rest.
 
 use crate::DbError;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::ExposeSecret;
+use serde_json::Value;
 use sqlx::PgPool;
-use velour_core::settings::SigningSettings;
+use sqlx::types::Json;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+use velour_core::settings::{SecretsKey, SecretsSettings, SigningSettings};
 use velour_core::signing::UrlSigner;
 
 const URL_SIGNING: &str = "url_signing";
@@ -40,4 +49,170 @@ async fn stored_secret(pool: &PgPool, name: &str) -> Result<Vec<u8>, DbError> {
         .fetch_one(pool)
         .await?;
     Ok(value)
+}
+
+const SECRETS_KEY: &str = "secrets_key";
+
+/// How sealed values start, so that a reader tells them from the plaintext objects of
+/// older releases (a sealed value is a JSON string, a plaintext one an object) and a
+/// future format from this one.
+const SEALED_PREFIX: &str = "xchacha20poly1305:v1:";
+
+/// Bound into every sealed value: a value sealed for another purpose does not open here.
+const SEALED_AAD: &[u8] = b"velour storage_locations.secrets";
+
+const NONCE_BYTES: usize = 24;
+
+/// Seals and opens the secrets of storage locations (XChaCha20-Poly1305, a random nonce
+/// per value). The key is `VELOUR_SECRETS_KEY` when set, otherwise a key kept in the
+/// catalog (made by whichever service starts first), read once and then cached. Cheap to
+/// clone; `Debug` shows no key.
+#[derive(Clone, Default)]
+pub struct SecretsCipher {
+    inner: Arc<CipherInner>,
+}
+
+#[derive(Default)]
+struct CipherInner {
+    configured: Option<SecretsKey>,
+    resolved: OnceCell<XChaCha20Poly1305>,
+}
+
+impl std::fmt::Debug for SecretsCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = if self.inner.configured.is_some() { "VELOUR_SECRETS_KEY" } else { "catalog" };
+        f.debug_struct("SecretsCipher").field("key", &source).finish()
+    }
+}
+
+impl SecretsCipher {
+    /// The cipher the settings ask for.
+    pub fn new(settings: &SecretsSettings) -> Self {
+        Self::with_key(settings.secrets_key.clone())
+    }
+
+    /// With `None`, the key kept in the catalog.
+    pub fn with_key(key: Option<SecretsKey>) -> Self {
+        Self { inner: Arc::new(CipherInner { configured: key, resolved: OnceCell::new() }) }
+    }
+
+    async fn aead(&self, pool: &PgPool) -> Result<&XChaCha20Poly1305, DbError> {
+        self.inner
+            .resolved
+            .get_or_try_init(|| async {
+                let key: Vec<u8> = match &self.inner.configured {
+                    Some(key) => key.expose().to_vec(),
+                    None => stored_secret(pool, SECRETS_KEY).await?,
+                };
+                XChaCha20Poly1305::new_from_slice(&key).map_err(|_| {
+                    key_refused("the secrets key kept in the catalog is not 32 bytes long")
+                })
+            })
+            .await
+    }
+
+    /// Seals `secrets` into the JSON string stored in place of them.
+    pub(crate) async fn seal(&self, pool: &PgPool, secrets: &Value) -> Result<Value, DbError> {
+        let aead = self.aead(pool).await?;
+        let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
+        let plaintext = serde_json::to_vec(secrets)
+            .map_err(|_| key_refused("the secrets could not be serialized"))?;
+        let payload = Payload { msg: &plaintext, aad: SEALED_AAD };
+        let sealed = aead
+            .encrypt(&XNonce::from(nonce_bytes), payload)
+            .map_err(|_| key_refused("the secrets could not be sealed"))?;
+        let mut bytes = nonce_bytes.to_vec();
+        bytes.extend_from_slice(&sealed);
+        Ok(Value::String(format!("{SEALED_PREFIX}{}", BASE64.encode(bytes))))
+    }
+
+    /// Opens what `seal` stored. A plaintext object, as releases before sealing stored,
+    /// is returned as it is (`seal_plaintext_secrets` reseals those at start).
+    pub(crate) async fn open(&self, pool: &PgPool, stored: Value) -> Result<Value, DbError> {
+        let Value::String(sealed) = stored else {
+            return Ok(stored);
+        };
+        let aead = self.aead(pool).await?;
+        let bytes = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|b64| BASE64.decode(b64).ok())
+            .filter(|bytes| bytes.len() > NONCE_BYTES)
+            .ok_or_else(|| {
+                key_refused("the stored secrets are not in a format this release reads")
+            })?;
+        let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
+        let nonce: [u8; NONCE_BYTES] = nonce.try_into().unwrap_or_default();
+        let payload = Payload { msg: ciphertext, aad: SEALED_AAD };
+        let plaintext = aead.decrypt(&XNonce::from(nonce), payload).map_err(|_| {
+            key_refused(
+                "VELOUR_SECRETS_KEY does not open the secrets stored in the catalog: \
+                 set it to the key they were sealed with",
+            )
+        })?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|_| key_refused("the stored secrets are not in a format this release reads"))
+    }
+}
+
+/// The stable code of every failure to seal or open secrets.
+pub const SECRETS_KEY_CODE: &str = "secrets-key-mismatch";
+
+fn key_refused(message: &str) -> DbError {
+    DbError::Refused { code: SECRETS_KEY_CODE, message: message.to_owned() }
+}
+
+/// Prepares the catalog's secrets for `cipher` at a service's start: seals any plaintext
+/// secrets a release before sealing left (a migration cannot: it has no key), then checks
+/// that the key opens the sealed secrets. Returns how many rows it sealed. Safe to run from
+/// every service at once: a row is only replaced if it still holds what was read.
+pub async fn prepare_location_secrets(
+    pool: &PgPool,
+    cipher: &SecretsCipher,
+) -> Result<u64, DbError> {
+    let plaintext: Vec<(i64, Json<Value>)> = sqlx::query_as(
+        "SELECT id, secrets FROM storage_locations WHERE jsonb_typeof(secrets) <> 'string'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut sealed = 0;
+    for (id, Json(secrets)) in plaintext {
+        let replacement = cipher.seal(pool, &secrets).await?;
+        sealed +=
+            sqlx::query("UPDATE storage_locations SET secrets = $2 WHERE id = $1 AND secrets = $3")
+                .bind(id)
+                .bind(Json(&replacement))
+                .bind(Json(&secrets))
+                .execute(pool)
+                .await?
+                .rows_affected();
+    }
+
+    // Opening one sealed row is enough: they are all sealed with the same key.
+    let sample: Option<Json<Value>> = sqlx::query_scalar(
+        "SELECT secrets FROM storage_locations WHERE jsonb_typeof(secrets) = 'string'
+         ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if let Some(Json(stored)) = sample {
+        cipher.open(pool, stored).await?;
+    }
+    Ok(sealed)
+}
+
+// TODO(#5): a re-keying command (open with the old key, seal with the new one); today
+// changing VELOUR_SECRETS_KEY means re-creating the locations.
+
+/// The cipher a service runs with, once the catalog's secrets are ready for it (see
+/// `prepare_location_secrets`). Fails when the key does not open the stored secrets.
+pub async fn location_cipher(
+    pool: &PgPool,
+    settings: &SecretsSettings,
+) -> Result<SecretsCipher, DbError> {
+    let cipher = SecretsCipher::new(settings);
+    let sealed = prepare_location_secrets(pool, &cipher).await?;
+    if sealed > 0 {
+        tracing::info!(locations = sealed, "sealed plaintext location secrets");
+    }
+    Ok(cipher)
 }

@@ -1,0 +1,78 @@
+//! The rescan scheduler: every worker looks for locations whose scheduled rescan is due
+//! and queues their scans.
+//!
+//! The tick is a plain tokio interval rather than apalis-cron: which locations are due
+//! and who queues them is settled in the catalog (`velour_db::rescans`), with each
+//! location's own interval, so a cron schedule per process would add a crate and decide
+//! nothing. Every worker ticks; the claim makes sure each due scan is queued once.
+
+use crate::WorkerState;
+use crate::job::ShutdownSignal;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+use velour_db::DbError;
+use velour_db::rescans::claim_due_rescans;
+use velour_db::scans::{self, ScanCounts};
+use velour_jobs::{ScanLocation, ScanStorage};
+
+/// How often a worker looks for due rescans: the most a scan starts after it is due. The
+/// look is one indexed query, so several workers doing it every few seconds cost little.
+pub(crate) const RESCAN_TICK: Duration = Duration::from_secs(15);
+
+/// Locations claimed per query; more wait for the next query of the same tick.
+const CLAIM_BATCH: i64 = 100;
+
+/// Queues a scan of every location whose scheduled rescan is due, returning their ids.
+/// A location whose scan is still queued or running joins that scan instead.
+pub async fn queue_due_rescans(
+    state: &WorkerState,
+    queue: &ScanStorage,
+) -> Result<Vec<i64>, DbError> {
+    let pool = &state.pool;
+    let mut queued = Vec::new();
+    loop {
+        let due = claim_due_rescans(pool, CLAIM_BATCH).await?;
+        let claimed = due.len();
+        for location_id in due {
+            let (run, created) = scans::enqueue_scan_run(pool, location_id).await?;
+            if !created {
+                debug!(location.id = location_id, scan_run.id = run.id, "rescan joins a scan");
+                continue;
+            }
+            let job = ScanLocation { scan_run_id: run.id, storage_location_id: location_id };
+            let mut queue = queue.clone();
+            if let Err(err) = velour_jobs::push_scan(&mut queue, job).await {
+                // The run would sit queued forever: fail it; the next interval tries again.
+                warn!(location.id = location_id, error = %err, "could not queue a rescan");
+                let message = "the scheduled rescan could not be queued";
+                scans::finish_scan_run(pool, run.id, ScanCounts::default(), Some(message)).await?;
+                continue;
+            }
+            info!(location.id = location_id, scan_run.id = run.id, "scheduled rescan queued");
+            queued.push(location_id);
+        }
+        if claimed < CLAIM_BATCH as usize {
+            return Ok(queued);
+        }
+    }
+}
+
+/// Queues due rescans every `RESCAN_TICK` until shutdown. A failed look is logged and
+/// tried again on the next tick.
+pub(crate) async fn run_scheduler(
+    state: WorkerState,
+    queue: ScanStorage,
+    shutdown: ShutdownSignal,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(RESCAN_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.clone() => return Ok(()),
+        }
+        if let Err(err) = queue_due_rescans(&state, &queue).await {
+            warn!(error = %err, "could not queue scheduled rescans");
+        }
+    }
+}
