@@ -6,6 +6,7 @@ mod peer_faults;
 mod ratelimit;
 mod s3;
 mod signed_urls;
+mod sources;
 mod streaming;
 mod sync;
 mod thumbnails;

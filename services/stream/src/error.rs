@@ -60,6 +60,20 @@ pub(crate) enum StreamError {
 }
 
 impl StreamError {
+    /// Whether the failure is the source's (its peer or storage is down, refuses us or has
+    /// lost the file) rather than the request's: another source may then answer.
+    pub(crate) fn is_source_failure(self) -> bool {
+        matches!(
+            self,
+            Self::FileMissing
+                | Self::StorageUnavailable
+                | Self::PeerRefused
+                | Self::PeerUnreachable
+                | Self::PeerTimeout
+                | Self::PeerError
+        )
+    }
+
     pub(crate) fn status(self) -> StatusCode {
         match self {
             Self::Unauthorized

@@ -201,10 +201,70 @@ async fn find_and_stream(
     req: &Request,
 ) -> Result<Response, StreamError> {
     let (video, location) = authorized_video(state, id, req).await?;
+    match serve_from(state, &video, &location, req).await {
+        Err(err) if err.is_source_failure() => {
+            serve_from_another_source(state, &video, req, err).await
+        }
+        answered => answered,
+    }
+}
+
+/// Sources tried after the one asked for has failed: enough to ride out a peer or two
+/// being down, few enough that a request for a lost video fails quickly.
+const MAX_OTHER_SOURCES: i64 = 3;
+
+/// The video's source failed before sending anything: the same content (same size and
+/// fingerprint) from another location, if one answers. Otherwise the first failure.
+async fn serve_from_another_source(
+    state: &StreamState,
+    video: &VideoRow,
+    req: &Request,
+    failure: StreamError,
+) -> Result<Response, StreamError> {
+    let others =
+        match velour_db::catalog::other_sources(&state.pool, video, MAX_OTHER_SOURCES).await {
+            Ok(others) => others,
+            Err(err) => {
+                tracing::error!(error = %err, "could not look for other sources");
+                return Err(failure);
+            }
+        };
+    for other in others {
+        let location = velour_db::locations::get_location_with_secrets(
+            &state.pool,
+            &state.secrets,
+            other.storage_location_id,
+        )
+        .await;
+        let Ok(location) = location else {
+            continue;
+        };
+        match serve_from(state, &other, &location, req).await {
+            Ok(response) => {
+                tracing::info!(source.video.id = other.id, "served from another source");
+                return Ok(response);
+            }
+            Err(err) if err.is_source_failure() => {
+                tracing::warn!(source.video.id = other.id, error = ?err, "other source failed");
+            }
+            // An answer about the request itself (a range, a precondition) is the answer.
+            Err(err) => return Err(err),
+        }
+    }
+    Err(failure)
+}
+
+/// Answers from one source: the location holding `video`.
+async fn serve_from(
+    state: &StreamState,
+    video: &VideoRow,
+    location: &LocationWithSecrets,
+    req: &Request,
+) -> Result<Response, StreamError> {
     match location.location.kind() {
-        Some(StorageType::Local) => local::serve(&video, &location, req).await,
-        Some(StorageType::Velour) => peer::serve(state, &video, &location, req).await,
-        Some(StorageType::S3) => s3::serve(&state.s3_clients, &video, &location, req).await,
+        Some(StorageType::Local) => local::serve(video, location, req).await,
+        Some(StorageType::Velour) => peer::serve(state, video, location, req).await,
+        Some(StorageType::S3) => s3::serve(&state.s3_clients, video, location, req).await,
         None => {
             tracing::error!(
                 location.id = location.location.id,

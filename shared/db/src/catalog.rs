@@ -357,3 +357,30 @@ mod tests {
         assert_eq!(like_pattern("c:\\x"), "%c:\\\\x%");
     }
 }
+
+/// Other present videos with the same content as `video` (same size and oshash), at most
+/// `limit`: local and bucket copies first, then peers. Empty when `video` has no
+/// fingerprint.
+pub async fn other_sources(
+    pool: &PgPool,
+    video: &VideoRow,
+    limit: i64,
+) -> Result<Vec<VideoRow>, DbError> {
+    let Some(oshash) = video.fingerprints.0.get("oshash").and_then(Value::as_str) else {
+        return Ok(Vec::new());
+    };
+    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{VIDEO_SELECT}
+         WHERE v.removed_at IS NULL AND v.id <> $1 AND v.file_size = $2
+           AND v.fingerprints->>'oshash' = $3
+         ORDER BY l.storage_type = 'velour', v.id
+         LIMIT $4"
+    )))
+    .bind(video.id)
+    .bind(video.file_size)
+    .bind(oshash)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
