@@ -346,18 +346,6 @@ async fn with_videos(pool: &PgPool, works: Vec<WorkRow>) -> Result<Vec<WorkWithV
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn like_wildcards_match_themselves() {
-        assert_eq!(like_pattern("100%"), "%100\\%%");
-        assert_eq!(like_pattern("a_b"), "%a\\_b%");
-        assert_eq!(like_pattern("c:\\x"), "%c:\\\\x%");
-    }
-}
-
 /// Other present videos with the same content as `video` (same size and oshash), at most
 /// `limit`: local and bucket copies first, then peers. Empty when `video` has no
 /// fingerprint.
@@ -383,4 +371,16 @@ pub async fn other_sources(
     .fetch_all(pool)
     .await?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_match_themselves() {
+        assert_eq!(like_pattern("100%"), "%100\\%%");
+        assert_eq!(like_pattern("a_b"), "%a\\_b%");
+        assert_eq!(like_pattern("c:\\x"), "%c:\\\\x%");
+    }
 }
