@@ -9,6 +9,7 @@ mod signed_urls;
 mod streaming;
 mod sync;
 mod thumbnails;
+mod tls;
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode, header};

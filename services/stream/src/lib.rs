@@ -28,7 +28,8 @@ use tokio::net::TcpListener;
 use tracing::instrument;
 use velour_core::StorageType;
 use velour_core::settings::{
-    AssetSettings, DatabaseSettings, PeerSettings, SigningSettings, StreamAddrSettings, redact_url,
+    AssetSettings, DatabaseSettings, FederationSettings, PeerSettings, SigningSettings,
+    StreamAddrSettings, redact_url,
 };
 use velour_core::signing::UrlSigner;
 use velour_db::DbError;
@@ -52,6 +53,8 @@ pub struct StreamCli {
     pub signing: SigningSettings,
     #[command(flatten)]
     pub assets: AssetSettings,
+    #[command(flatten)]
+    pub federation: FederationSettings,
 }
 
 /// What every request needs: the catalog and one HTTP client shared by all peers.
@@ -117,6 +120,7 @@ pub async fn run(
     peer: &PeerSettings,
     signing: &SigningSettings,
     assets: &AssetSettings,
+    federation: &FederationSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let assets = AssetStore::from_settings(assets)?;
@@ -126,7 +130,8 @@ pub async fn run(
     let signer = velour_db::secrets::url_signer(&pool, signing)
         .await
         .context("could not load the URL signing secret (VELOUR_URL_SIGNING_SECRET)")?;
-    let state = StreamState::new(pool, peer.clone(), assets)?.with_signer(signer);
+    let peer = peer.clone().with_require_https(federation);
+    let state = StreamState::new(pool, peer, assets)?.with_signer(signer);
     let listener = TcpListener::bind(addr.stream_addr).await.with_context(|| {
         format!("could not listen on {} (VELOUR_STREAM_ADDR)", addr.stream_addr)
     })?;
