@@ -25,7 +25,7 @@ async fn post(
 
 fn velour_location(url: &str) -> Value {
     json!({
-        "name": "peer",
+        "name": format!("peer at {url}"),
         "storage_type": "velour",
         "configuration": { "remote_instance_url": url, "api_key": "some-key" },
     })
