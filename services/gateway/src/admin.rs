@@ -297,6 +297,8 @@ fn validate_configuration(
                 return Err(invalid("configuration.remote_instance_url must not hold credentials"));
             }
             state.require_https(&url, "configuration.remote_instance_url")?;
+            // TODO(#5): an internal address (10.0.0.5, localhost) is refused only when the
+            // worker or the stream service connects; checking it here would say so at once.
             let api_key = required_str(config, "api_key")?;
             // It travels in an Authorization header: visible ASCII only.
             if !api_key.bytes().all(|b| b.is_ascii_graphic()) {
