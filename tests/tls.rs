@@ -90,8 +90,18 @@ async fn a_peer_is_scanned_and_streamed_over_tls() -> anyhow::Result<()> {
     .await?;
     ensure!(created.0 == StatusCode::CREATED, "connection over https: {created:?}");
 
+    // An instance that does not trust A's CA cannot read A: the system's roots are not
+    // enough, and nothing falls back to trusting any certificate.
+    let loopback = PeerSettings::for_loopback_peers();
+    let c =
+        Instance::start_federating("tls C", loopback, FederationSettings::default(), None).await?;
+    let peer = c.add_peer_location("A", &a, &key_for_b).await?;
+    let err = c.scan(peer).await.err().context("C scanned A without trusting its CA")?;
+    ensure!(err.to_string().contains("could not reach the peer"), "{err}");
+
     a.stop().await?;
     b.stop().await?;
+    c.stop().await?;
     Ok(())
 }
 
