@@ -59,6 +59,8 @@ start_instance() { # NAME REDIS_DB
   gw=$(free_port); st=$(free_port)
   # The benchmark's own load would exceed the default quotas.
   export FEDERATION_RATE_LIMIT_PER_HOUR=1000000 FEDERATION_STREAM_RATE_LIMIT_PER_HOUR=1000000
+  # The instances reach each other over plain HTTP on loopback.
+  export FEDERATION_REQUIRE_HTTPS=false VELOUR_PEER_ALLOWED_NETWORKS=127.0.0.0/8,::1/128
   RUST_LOG=warn VELOUR_STREAM_ADDR=127.0.0.1:$st "$velour" stream 2>>"$work/$name.log" &
   pids+=($!)
   RUST_LOG=warn VELOUR_GATEWAY_ADDR=127.0.0.1:$gw VELOUR_STREAM_ADDR=127.0.0.1:$st \

@@ -90,6 +90,8 @@ start_instance() { # NAME REDIS_DB
   "$velour" migrate 2>/dev/null
   local gw st
   gw=$(free_port); st=$(free_port)
+  # The instances reach each other over plain HTTP on loopback.
+  export FEDERATION_REQUIRE_HTTPS=false VELOUR_PEER_ALLOWED_NETWORKS=127.0.0.0/8,::1/128
   RUST_LOG=warn VELOUR_STREAM_ADDR=127.0.0.1:$st "$velour" stream 2>>"$work/$name.log" &
   pids+=($!); eval "${name}_stream_pid=$!"
   RUST_LOG=warn VELOUR_GATEWAY_ADDR=127.0.0.1:$gw VELOUR_STREAM_ADDR=127.0.0.1:$st \

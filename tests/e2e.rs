@@ -10,6 +10,7 @@ mod sources;
 mod streaming;
 mod sync;
 mod thumbnails;
+mod tls;
 
 use anyhow::Context;
 use reqwest::{Method, StatusCode, header};

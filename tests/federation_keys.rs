@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use velour_core::Permissions;
 use velour_core::settings::FederationSettings;
-use velour_tests::{Instance, make_video};
+use velour_tests::{Instance, make_video, plain_http_federation};
 
 const ALL: Permissions = Permissions { can_read: true, can_stream: true, can_metadata: true };
 
@@ -140,7 +140,7 @@ async fn expired_and_revoked_keys_are_refused_and_never_shown_again() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotated_key_keeps_working_through_its_grace_period_then_expires() -> anyhow::Result<()> {
-    let federation = FederationSettings { key_rotation_grace_hours: 2, ..Default::default() };
+    let federation = FederationSettings { key_rotation_grace_hours: 2, ..plain_http_federation() };
     let a = Instance::start_with_federation("rotation", federation).await?;
     let old = a.issue_key("peer", ALL).await?;
 
@@ -359,7 +359,7 @@ async fn deleting_a_connection_revokes_its_key_and_removes_the_peers_videos() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_connection_cap_and_the_federation_switch_are_enforced() -> anyhow::Result<()> {
-    let capped = FederationSettings { max_connections: 1, ..Default::default() };
+    let capped = FederationSettings { max_connections: 1, ..plain_http_federation() };
     let a = Instance::start_with_federation("capped", capped).await?;
     let first = id(&create_connection(&a, "https://one.example/", None).await?)?;
     let second = id(&create_connection(&a, "https://two.example/", None).await?)?;
@@ -399,7 +399,7 @@ async fn the_connection_cap_and_the_federation_switch_are_enforced() -> anyhow::
     assert_code(&admin_key, StatusCode::CONFLICT, "key-not-usable");
     a.stop().await?;
 
-    let off = FederationSettings { enabled: false, ..Default::default() };
+    let off = FederationSettings { enabled: false, ..plain_http_federation() };
     let b = Instance::start_with_federation("federation off", off).await?;
     let peer = b.add_peer_location("peer", &b, "some-key").await?;
     let body = json!({ "remote_instance_url": "https://one.example/" });
@@ -482,7 +482,7 @@ async fn the_worker_rotates_a_peer_key_that_expires_within_the_grace_window() ->
     let library = tempfile::tempdir()?;
     make_video(&library.path().join("Rotated (2005).mp4"), H264_AAC, 1)?;
     // A issues federation keys for 1 hour; B rotates keys that expire within 24 hours.
-    let short = FederationSettings { token_expiry_hours: 1, ..Default::default() };
+    let short = FederationSettings { token_expiry_hours: 1, ..plain_http_federation() };
     let a = Instance::start_with_federation("issuer A", short).await?;
     let b = Instance::start("rotator B").await?;
     let folder = a.add_local_location("films", library.path()).await?;

@@ -206,7 +206,7 @@ async fn serve(
 }
 
 /// A video in B's catalog on a peer location at `base`.
-async fn add_peer_video(b: &Instance, base: &Url, label: &str) -> anyhow::Result<i64> {
+pub(crate) async fn add_peer_video(b: &Instance, base: &Url, label: &str) -> anyhow::Result<i64> {
     let new = NewLocation {
         name: label,
         storage_type: StorageType::Velour,
@@ -258,7 +258,8 @@ async fn error_code(response: reqwest::Response) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_misbehaving_peer_ends_in_the_right_status_without_leaking_connections()
 -> anyhow::Result<()> {
-    let peer = PeerSettings { read_timeout_secs: READ_TIMEOUT_SECS, ..PeerSettings::default() };
+    let peer =
+        PeerSettings { read_timeout_secs: READ_TIMEOUT_SECS, ..PeerSettings::for_loopback_peers() };
     let b = Instance::start_with_peer("faults B", peer).await?;
     let mut problems = Vec::new();
 

@@ -20,6 +20,7 @@ use velour_db::keys::KeyOwner;
 use velour_storage::AssetStore;
 
 pub mod s3;
+pub mod tls;
 
 /// The Postgres server tests use; each test gets its own database on it.
 fn postgres_server() -> String {
@@ -32,6 +33,13 @@ fn redis_server() -> String {
 }
 
 const TEST_DB_PREFIX: &str = "velour_test_";
+
+/// Federation as the tests run it: the defaults, except that peers on loopback speak plain
+/// HTTP (`FEDERATION_REQUIRE_HTTPS=false`). The TLS tests start instances with the
+/// defaults instead.
+pub fn plain_http_federation() -> FederationSettings {
+    FederationSettings { require_https: false, ..FederationSettings::default() }
+}
 
 /// The settings' default quotas (catalog, stream calls per key and hour).
 const DEFAULT_RATE_LIMITS: (u32, u32) = (5000, 1000);
@@ -195,9 +203,10 @@ impl Instance {
         Self::start_configured(
             name,
             worker,
-            PeerSettings::default(),
-            Default::default(),
+            PeerSettings::for_loopback_peers(),
+            plain_http_federation(),
             DEFAULT_RATE_LIMITS,
+            None,
         )
         .await
     }
@@ -207,15 +216,27 @@ impl Instance {
         name: &str,
         federation: FederationSettings,
     ) -> anyhow::Result<Self> {
-        let (worker, peer) = (WorkerSettings::default(), PeerSettings::default());
-        Self::start_configured(name, worker, peer, federation, DEFAULT_RATE_LIMITS).await
+        let (worker, peer) = (WorkerSettings::default(), PeerSettings::for_loopback_peers());
+        Self::start_configured(name, worker, peer, federation, DEFAULT_RATE_LIMITS, None).await
+    }
+
+    /// An instance that reaches peers with `peer` and federates as `federation` says, its
+    /// gateway serving TLS with `tls`'s certificate when given one.
+    pub async fn start_federating(
+        name: &str,
+        peer: PeerSettings,
+        federation: FederationSettings,
+        tls: Option<&tls::TestCa>,
+    ) -> anyhow::Result<Self> {
+        let worker = WorkerSettings::default();
+        Self::start_configured(name, worker, peer, federation, DEFAULT_RATE_LIMITS, tls).await
     }
 
     /// An instance whose stream service and worker talk to peers with `peer` (short
     /// timeouts, for tests of misbehaving peers).
     pub async fn start_with_peer(name: &str, peer: PeerSettings) -> anyhow::Result<Self> {
-        let worker = WorkerSettings::default();
-        Self::start_configured(name, worker, peer, Default::default(), DEFAULT_RATE_LIMITS).await
+        let (worker, federation) = (WorkerSettings::default(), plain_http_federation());
+        Self::start_configured(name, worker, peer, federation, DEFAULT_RATE_LIMITS, None).await
     }
 
     /// An instance whose gateways allow each non-admin key `catalog` catalog calls and
@@ -225,8 +246,9 @@ impl Instance {
         catalog: u32,
         stream: u32,
     ) -> anyhow::Result<Self> {
-        let (worker, peer) = (WorkerSettings::default(), PeerSettings::default());
-        Self::start_configured(name, worker, peer, Default::default(), (catalog, stream)).await
+        let (worker, peer) = (WorkerSettings::default(), PeerSettings::for_loopback_peers());
+        let federation = plain_http_federation();
+        Self::start_configured(name, worker, peer, federation, (catalog, stream), None).await
     }
 
     async fn start_configured(
@@ -235,6 +257,7 @@ impl Instance {
         peer: PeerSettings,
         federation: FederationSettings,
         rate_limits: (u32, u32),
+        tls: Option<&tls::TestCa>,
     ) -> anyhow::Result<Self> {
         init_test_logs();
         let db = TestDb::create().await?;
@@ -248,14 +271,16 @@ impl Instance {
         let stream_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let stream_base = Url::parse(&format!("http://{}/", stream_listener.local_addr()?))?;
         let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base = Url::parse(&format!("http://{}/", gateway_listener.local_addr()?))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = Url::parse(&format!("{scheme}://{}/", gateway_listener.local_addr()?))?;
 
         // Worker and stream service share the instance's asset directory, as replicas
         // share a volume or a bucket.
         let assets_dir = tempfile::tempdir()?;
         let assets = AssetStore::Directory(assets_dir.path().to_owned());
+        let stream_peer = peer.clone().with_require_https(&federation);
         let stream_state =
-            velour_stream::StreamState::new(db.pool.clone(), peer.clone(), assets.clone())?
+            velour_stream::StreamState::new(db.pool.clone(), stream_peer, assets.clone())?
                 .with_signer(signer.clone());
         let redis_settings = RedisSettings { redis_url: redis.url() };
         let gateway_state = velour_gateway::GatewayState::new(
@@ -277,11 +302,23 @@ impl Instance {
             stream_state,
             stop.clone().cancelled_owned(),
         )));
-        tasks.push(tokio::spawn(velour_gateway::serve(
-            gateway_listener,
-            gateway_state,
-            stop.clone().cancelled_owned(),
-        )));
+        let gateway_stop = stop.clone().cancelled_owned();
+        tasks.push(match tls {
+            Some(ca) => {
+                let config =
+                    velour_gateway::tls_config(ca.cert_pem.as_bytes(), ca.key_pem.as_bytes())?;
+                let serve = velour_gateway::serve_tls(
+                    gateway_listener,
+                    config,
+                    gateway_state,
+                    gateway_stop,
+                );
+                tokio::spawn(serve)
+            }
+            None => {
+                tokio::spawn(velour_gateway::serve(gateway_listener, gateway_state, gateway_stop))
+            }
+        });
         let redis_url = redis.url();
         let worker_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -297,7 +334,10 @@ impl Instance {
             base,
             stream_base,
             admin_key,
-            http: reqwest::Client::new(),
+            http: match tls {
+                Some(ca) => ca.client()?,
+                None => reqwest::Client::new(),
+            },
             db: Some(db),
             redis,
             rate_limits,

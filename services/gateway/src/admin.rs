@@ -311,6 +311,7 @@ fn required_str<'a>(config: &'a BTreeMap<String, Value>, field: &str) -> Result<
 /// Splits a requested configuration into what may be shown and what must stay secret,
 /// keeping only the fields each storage type knows.
 fn validate_configuration(
+    state: &GatewayState,
     storage_type: StorageType,
     config: &BTreeMap<String, Value>,
 ) -> Result<(Value, Value), ApiError> {
@@ -339,7 +340,9 @@ fn validate_configuration(
             if !url.username().is_empty() || url.password().is_some() {
                 return Err(invalid("configuration.remote_instance_url must not hold credentials"));
             }
-            // TODO(#5): refuse http:// when FEDERATION_REQUIRE_HTTPS is set.
+            state.require_https(&url, "configuration.remote_instance_url")?;
+            // TODO(#5): an internal address (10.0.0.5, localhost) is refused only when the
+            // worker or the stream service connects; checking it here would say so at once.
             let api_key = required_str(config, "api_key")?;
             // It travels in an Authorization header: visible ASCII only.
             if !api_key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -405,7 +408,8 @@ impl AdminApi {
         issue_member_key(&state, body.0).await
     }
 
-    /// Adds a folder, a bucket or a peer to the catalog's sources.
+    /// Adds a folder, a bucket or a peer to the catalog's sources. A peer's `http://` URL
+    /// answers 400 `https-required` while `FEDERATION_REQUIRE_HTTPS` is on.
     #[oai(path = "/storage_locations", method = "post", operation_id = "create_storage_location")]
     async fn create_location(
         &self,
@@ -418,7 +422,8 @@ impl AdminApi {
         })?;
         let name = checked_text("name", &body.0.name)?;
         let rescan_interval_secs = body.0.rescan_interval_secs.map(rescan_interval).transpose()?;
-        let (configuration, secrets) = validate_configuration(storage_type, &body.0.configuration)?;
+        let (configuration, secrets) =
+            validate_configuration(&state, storage_type, &body.0.configuration)?;
         if storage_type == StorageType::S3 {
             check_bucket(&configuration, &secrets).await?;
         }

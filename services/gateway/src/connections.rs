@@ -158,7 +158,6 @@ fn peer_url(raw: &str) -> Result<Url, ApiError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid("remote_instance_url must not hold credentials"));
     }
-    // TODO(#5): refuse http:// when FEDERATION_REQUIRE_HTTPS is set.
     Ok(url)
 }
 
@@ -179,7 +178,8 @@ pub struct ConnectionsApi;
 impl ConnectionsApi {
     /// Creates a pending connection with a peer. Without `api_key_id`, a key is issued
     /// for the peer and returned in clear, once. 403 `federation-disabled` when
-    /// `FEDERATION_ENABLED` is false.
+    /// `FEDERATION_ENABLED` is false; 400 `https-required` for an `http://` URL while
+    /// `FEDERATION_REQUIRE_HTTPS` is on.
     #[oai(path = "/", method = "post", operation_id = "create_federation_connection")]
     async fn create(
         &self,
@@ -190,6 +190,7 @@ impl ConnectionsApi {
         state.require_federation()?;
         let body = body.0;
         let url = peer_url(&body.remote_instance_url)?;
+        state.require_https(&url, "remote_instance_url")?;
         if let Some(location_id) = body.storage_location_id {
             check_peer_location(&state, location_id).await?;
         }

@@ -14,7 +14,9 @@ pub mod ratelimit;
 pub mod stream;
 
 use crate::error::ApiError;
-use poem::listener::TcpAcceptor;
+use anyhow::Context;
+use poem::listener::{Acceptor, AcceptorExt, IntoTlsConfigStream, RustlsCertificate};
+use poem::listener::{RustlsConfig, TcpAcceptor};
 use poem::middleware::Tracing;
 use poem::{EndpointExt, Route, Server, get, handler};
 use poem_openapi::OpenApiService;
@@ -102,6 +104,21 @@ impl GatewayState {
     pub fn with_federation(mut self, federation: FederationSettings) -> Self {
         self.federation = federation;
         self
+    }
+
+    /// Refuses an `http://` peer URL while `FEDERATION_REQUIRE_HTTPS` is on. `field` names
+    /// the URL in the request, for the message.
+    pub(crate) fn require_https(&self, url: &Url, field: &str) -> Result<(), ApiError> {
+        if self.federation.require_https && url.scheme() != "https" {
+            return Err(ApiError::bad_request(
+                "https-required",
+                format!(
+                    "{field} must be https://: this instance sends peers its key only over TLS \
+                     (FEDERATION_REQUIRE_HTTPS)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses federation calls when `FEDERATION_ENABLED` is false.
@@ -213,11 +230,64 @@ pub async fn serve(
     state: GatewayState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    serve_on(TcpAcceptor::from_tokio(listener)?, state, shutdown).await
+}
+
+/// Serves the gateway over TLS on `listener` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: RustlsConfig,
+    state: GatewayState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = tls.into_stream().context("the TLS certificate or key is unusable")?;
+    serve_on(TcpAcceptor::from_tokio(listener)?.rustls(tls), state, shutdown).await
+}
+
+async fn serve_on(
+    acceptor: impl Acceptor + 'static,
+    state: GatewayState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
         .await?;
     Ok(())
+}
+
+/// The TLS the gateway serves with: a certificate chain and its key, both PEM. Checked
+/// here, at start, so a bad file names its setting instead of failing every handshake.
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<RustlsConfig> {
+    let config =
+        || RustlsConfig::new().fallback(RustlsCertificate::new().cert(cert_pem).key(key_pem));
+    // One look at each file's PEM labels tells which of the two is wrong.
+    let has_label = |pem: &[u8], label: &[u8]| pem.windows(label.len()).any(|w| w == label);
+    anyhow::ensure!(
+        has_label(cert_pem, b"-----BEGIN CERTIFICATE-----"),
+        "VELOUR_TLS_CERT_FILE holds no PEM certificate"
+    );
+    anyhow::ensure!(
+        has_label(key_pem, b"PRIVATE KEY-----"),
+        "VELOUR_TLS_KEY_FILE holds no PEM private key"
+    );
+    let _checked = config().into_stream().map_err(|e| {
+        anyhow::anyhow!("VELOUR_TLS_CERT_FILE / VELOUR_TLS_KEY_FILE are unusable: {e}")
+    })?;
+    Ok(config())
+}
+
+/// Reads `VELOUR_TLS_CERT_FILE` and `VELOUR_TLS_KEY_FILE`, if set.
+fn load_tls(gateway: &GatewaySettings) -> anyhow::Result<Option<RustlsConfig>> {
+    let (Some(cert), Some(key)) = (&gateway.tls_cert_file, &gateway.tls_key_file) else {
+        // clap requires both or neither.
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, name: &str| {
+        std::fs::read(path).with_context(|| format!("{name}: cannot read {}", path.display()))
+    };
+    let cert = read(cert, "VELOUR_TLS_CERT_FILE")?;
+    let key = read(key, "VELOUR_TLS_KEY_FILE")?;
+    tls_config(&cert, &key).map(Some)
 }
 
 /// Connects to everything the settings name, binds, and serves until `shutdown`.
@@ -230,6 +300,7 @@ pub async fn run(
     federation: &FederationSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = load_tls(gateway)?;
     let pool = velour_db::connect_and_migrate(db).await?;
     let stream_url = gateway.stream_base_url(stream)?;
     let signer = velour_db::secrets::url_signer(&pool, signing).await.map_err(|e| {
@@ -252,6 +323,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(gateway.gateway_addr).await.map_err(|e| {
         anyhow::anyhow!("VELOUR_GATEWAY_ADDR: cannot listen on {}: {e}", gateway.gateway_addr)
     })?;
-    tracing::info!(addr = %gateway.gateway_addr, "gateway listening");
-    serve(listener, state, shutdown).await
+    tracing::info!(addr = %gateway.gateway_addr, tls = tls.is_some(), "gateway listening");
+    match tls {
+        Some(tls) => serve_tls(listener, tls, state, shutdown).await,
+        None => serve(listener, state, shutdown).await,
+    }
 }

@@ -54,6 +54,9 @@ pub(crate) enum StreamError {
     PeerRefused,
     PeerUnreachable,
     PeerTimeout,
+    /// The peer's address is internal and not allowed, or its URL is http:// while
+    /// `FEDERATION_REQUIRE_HTTPS` is on: we refused to send the request.
+    PeerAddressRefused,
     /// The peer failed, or answered something we cannot relay.
     PeerError,
     Internal,
@@ -87,7 +90,10 @@ impl StreamError {
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::PeerRefused | Self::PeerUnreachable | Self::PeerError => StatusCode::BAD_GATEWAY,
+            Self::PeerRefused
+            | Self::PeerUnreachable
+            | Self::PeerAddressRefused
+            | Self::PeerError => StatusCode::BAD_GATEWAY,
             Self::PeerTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,6 +122,7 @@ impl StreamError {
             Self::PeerRefused => "peer-refused",
             Self::PeerUnreachable => "peer-unreachable",
             Self::PeerTimeout => "peer-timeout",
+            Self::PeerAddressRefused => "peer-address-refused",
             Self::PeerError => "peer-error",
             Self::Internal => "internal",
         }
@@ -142,6 +149,10 @@ impl StreamError {
             Self::PeerRefused => "the instance holding this video refused our key",
             Self::PeerUnreachable => "the instance holding this video cannot be reached",
             Self::PeerTimeout => "the instance holding this video did not answer in time",
+            Self::PeerAddressRefused => {
+                "the instance holding this video is at an address this instance may not reach \
+                 (an internal network, or plain HTTP); an administrator must check it"
+            }
             Self::PeerError => "the instance holding this video failed to send it",
             Self::Internal => "an internal error occurred; it has been logged",
         }

@@ -28,7 +28,8 @@ use tokio::net::TcpListener;
 use tracing::instrument;
 use velour_core::StorageType;
 use velour_core::settings::{
-    AssetSettings, DatabaseSettings, PeerSettings, SigningSettings, StreamAddrSettings, redact_url,
+    AssetSettings, DatabaseSettings, FederationSettings, PeerSettings, SigningSettings,
+    StreamAddrSettings, redact_url,
 };
 use velour_core::signing::UrlSigner;
 use velour_db::DbError;
@@ -55,6 +56,8 @@ pub struct StreamCli {
     pub signing: SigningSettings,
     #[command(flatten)]
     pub assets: AssetSettings,
+    #[command(flatten)]
+    pub federation: FederationSettings,
 }
 
 /// What every request needs: the catalog and one HTTP client shared by all peers.
@@ -130,6 +133,7 @@ pub async fn run(
     peer: &PeerSettings,
     signing: &SigningSettings,
     assets: &AssetSettings,
+    federation: &FederationSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let assets = AssetStore::from_settings(assets)?;
@@ -142,8 +146,8 @@ pub async fn run(
     let secrets = velour_db::secrets::location_cipher(&pool, &db.secrets)
         .await
         .context("VELOUR_SECRETS_KEY: the secrets of storage locations cannot be opened")?;
-    let state =
-        StreamState::new(pool, peer.clone(), assets)?.with_signer(signer).with_secrets(secrets);
+    let peer = peer.clone().with_require_https(federation);
+    let state = StreamState::new(pool, peer, assets)?.with_signer(signer).with_secrets(secrets);
     let listener = TcpListener::bind(addr.stream_addr).await.with_context(|| {
         format!("could not listen on {} (VELOUR_STREAM_ADDR)", addr.stream_addr)
     })?;

@@ -10,8 +10,8 @@ async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
-    let StreamCli { database, addr, peer, signing, assets } = &cli;
-    velour_stream::run(database, addr, peer, signing, assets, shutdown_signal()).await
+    let StreamCli { database, addr, peer, signing, assets, federation } = &cli;
+    velour_stream::run(database, addr, peer, signing, assets, federation, shutdown_signal()).await
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM (how containers are stopped).

@@ -78,9 +78,14 @@ pub(crate) fn peer_client(
         return Err(StreamError::StorageUnavailable);
     };
     let key = SecretString::from(key.to_owned());
-    PeerClient::with_http(state.http.clone(), &url, key, state.peer.max_page_bytes).map_err(|e| {
+    PeerClient::with_http(state.http.clone(), &url, key, &state.peer).map_err(|e| {
         tracing::error!(location.id = location_id, error = %e, "peer location is unusable");
-        StreamError::StorageUnavailable
+        match e {
+            PeerError::InternalAddress(_) | PeerError::HttpsRequired(_) => {
+                StreamError::PeerAddressRefused
+            }
+            _ => StreamError::StorageUnavailable,
+        }
     })
 }
 
@@ -107,6 +112,10 @@ pub(crate) fn peer_failed(err: &PeerError, client: &PeerClient) -> StreamError {
         PeerError::Unreachable { .. } => {
             tracing::warn!(peer.url = %peer, error = %err, "peer unreachable");
             StreamError::PeerUnreachable
+        }
+        PeerError::InternalAddress(_) | PeerError::HttpsRequired(_) => {
+            tracing::error!(peer.url = %peer, error = %err, "peer address refused");
+            StreamError::PeerAddressRefused
         }
         _ => {
             tracing::error!(peer.url = %peer, error = %err, "peer request failed");

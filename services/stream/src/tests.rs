@@ -39,7 +39,7 @@ impl Library {
     }
 
     fn client(&self) -> TestClient<impl Endpoint + use<>> {
-        self.client_with(PeerSettings::default())
+        self.client_with(PeerSettings::for_loopback_peers())
     }
 
     fn client_with(&self, peer: PeerSettings) -> TestClient<impl Endpoint + use<>> {
@@ -210,7 +210,7 @@ impl Drop for Running {
 async fn run_stream_service(pool: &PgPool) -> Running {
     // These tests stream videos only; no thumbnail is ever looked up in this store.
     let assets = AssetStore::Directory(std::env::temp_dir().join("velour-no-assets"));
-    let state = StreamState::new(pool.clone(), PeerSettings::default(), assets).unwrap();
+    let state = StreamState::new(pool.clone(), PeerSettings::for_loopback_peers(), assets).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = base_url(listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
@@ -636,7 +636,7 @@ async fn a_silent_peer_is_a_gateway_timeout() {
             }
         });
         let video = lib.add_peer_video(&base, "k", 1).await;
-        let quick = PeerSettings { read_timeout_secs: 1, ..PeerSettings::default() };
+        let quick = PeerSettings { read_timeout_secs: 1, ..PeerSettings::for_loopback_peers() };
 
         let response =
             request(&lib.client_with(quick), Method::GET, video, &lib.stream_key, &[]).await;

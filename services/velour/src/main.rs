@@ -66,6 +66,8 @@ enum Command {
         signing: SigningSettings,
         #[command(flatten)]
         assets: AssetSettings,
+        #[command(flatten)]
+        federation: FederationSettings,
     },
     /// Run the gateway, a worker and the stream service in one process.
     Up(Box<UpArgs>),
@@ -168,8 +170,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Stream { db, stream, peer, signing, assets } => {
-            velour_stream::run(&db, &stream, &peer, &signing, &assets, stop.cancelled_owned()).await
+        Command::Stream { db, stream, peer, signing, assets, federation } => {
+            let stop = stop.cancelled_owned();
+            velour_stream::run(&db, &stream, &peer, &signing, &assets, &federation, stop).await
         }
         Command::Up(args) => up(*args, stop).await,
         Command::Migrate { db } => {
@@ -210,6 +213,7 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         &args.peer,
         &args.signing,
         &args.assets,
+        &args.federation,
         stop.clone().cancelled_owned(),
     );
     let worker = velour_worker::run_from_settings(

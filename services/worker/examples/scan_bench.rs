@@ -54,8 +54,12 @@ async fn run(pool: &sqlx::PgPool, root: &Path, files: u32) -> anyhow::Result<()>
     let location = create_location(pool, &SecretsCipher::default(), new).await?.id;
     // Scans run directly, not through the queue, so no thumbnail is made into this store.
     let assets = AssetStore::Directory(std::env::temp_dir().join("velour-scan-bench-assets"));
-    let state =
-        WorkerState::new(pool.clone(), WorkerSettings::default(), PeerSettings::default(), assets);
+    let state = WorkerState::new(
+        pool.clone(),
+        WorkerSettings::default(),
+        PeerSettings::for_loopback_peers(),
+        assets,
+    );
 
     let mut rates = Vec::new();
     for label in ["first scan", "unchanged rescan"] {

@@ -81,9 +81,12 @@ async fn reach_peer(state: &WorkerState, location_id: Option<i64>) -> Result<Tes
     let pinged = client.ping().await;
     let latency_ms = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
     if let Err(err) = pinged {
+        // A refused address was never contacted.
         let reachable = !matches!(
             err,
-            velour_peer::PeerError::Timeout { .. } | velour_peer::PeerError::Unreachable { .. }
+            velour_peer::PeerError::Timeout { .. }
+                | velour_peer::PeerError::Unreachable { .. }
+                | velour_peer::PeerError::InternalAddress(_)
         );
         // A peer that answered, even to refuse us, is reachable; the error says why the
         // connection does not work.

@@ -61,7 +61,12 @@ fn state(pool: &PgPool) -> WorkerState {
 /// temporary directory (only the tests that make thumbnails create it).
 fn state_with(pool: &PgPool, worker: WorkerSettings) -> WorkerState {
     let dir = std::env::temp_dir().join(format!("velour-assets-{}", uuid::Uuid::new_v4()));
-    WorkerState::new(pool.clone(), worker, PeerSettings::default(), AssetStore::Directory(dir))
+    WorkerState::new(
+        pool.clone(),
+        worker,
+        PeerSettings::for_loopback_peers(),
+        AssetStore::Directory(dir),
+    )
 }
 
 /// A real one-second (or longer) H.264/AAC video made by ffmpeg.
@@ -1029,7 +1034,7 @@ async fn thumbnails_are_made_checked_stored_and_remade_when_the_file_changes() {
         let state = WorkerState::new(
             pool.clone(),
             WorkerSettings::default(),
-            PeerSettings::default(),
+            PeerSettings::for_loopback_peers(),
             AssetStore::Directory(store.path().to_owned()),
         );
         let folder = json!({ "path": library.path() });
@@ -1106,7 +1111,12 @@ async fn a_video_without_a_picture_records_why_and_a_missing_ffmpeg_records_noth
                 thumbnail_timeout_secs: timeout,
                 ..WorkerSettings::default()
             };
-            WorkerState::new(pool.clone(), worker, PeerSettings::default(), store.clone())
+            WorkerState::new(
+                pool.clone(),
+                worker,
+                PeerSettings::for_loopback_peers(),
+                store.clone(),
+            )
         };
         let folder = json!({ "path": library.path() });
         let location = add_location(&pool, "Films", StorageType::Local, folder).await;

@@ -89,6 +89,7 @@ impl WorkerState {
 
     /// Scans peers (and rotates the keys we hold for them) as `federation` says.
     pub fn with_federation(mut self, federation: FederationSettings) -> Self {
+        self.peer.require_https = federation.require_https;
         self.federation = federation;
         self
     }

@@ -8,6 +8,7 @@ use clap::Args;
 use secrecy::SecretString;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
 
@@ -118,6 +119,26 @@ pub struct GatewaySettings {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     pub federation_stream_rate_limit_per_hour: u32,
+
+    /// A PEM file holding the certificate chain the gateway serves TLS with; set with
+    /// `VELOUR_TLS_KEY_FILE`. Neither set: the gateway speaks plain HTTP (behind a proxy
+    /// that terminates TLS).
+    #[arg(
+        long = "tls-cert-file",
+        env = "VELOUR_TLS_CERT_FILE",
+        value_name = "VELOUR_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// A PEM file holding the private key of `VELOUR_TLS_CERT_FILE`.
+    #[arg(
+        long = "tls-key-file",
+        env = "VELOUR_TLS_KEY_FILE",
+        value_name = "VELOUR_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Federation with peers: whether it is on, how many peers, and how their keys live.
@@ -169,6 +190,19 @@ pub struct FederationSettings {
         value_parser = clap::value_parser!(u32).range(0..=24 * 365)
     )]
     pub key_rotation_grace_hours: u32,
+
+    /// `true` (the default) refuses `velour` locations and federation connections whose
+    /// URL is `http://` (`https-required`), and the peer client sends nothing to one: our
+    /// key would cross the network in clear. Turn it off only for peers on a network you
+    /// trust end to end.
+    #[arg(
+        long = "federation-require-https",
+        env = "FEDERATION_REQUIRE_HTTPS",
+        value_name = "FEDERATION_REQUIRE_HTTPS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub require_https: bool,
 }
 
 impl Default for FederationSettings {
@@ -178,6 +212,7 @@ impl Default for FederationSettings {
             max_connections: 10,
             token_expiry_hours: 0,
             key_rotation_grace_hours: 24,
+            require_https: true,
         }
     }
 }
@@ -261,9 +296,48 @@ pub struct PeerSettings {
         value_parser = parse_page_bytes
     )]
     pub max_page_bytes: usize,
+
+    /// A PEM file of certificate authorities trusted for peers in addition to the
+    /// system's roots (a private CA, or a test one).
+    #[arg(long = "peer-ca-file", env = "VELOUR_PEER_CA_FILE", value_name = "VELOUR_PEER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Internal networks peers may nonetheless be reached on, as a comma-separated CIDR
+    /// list (`10.1.0.0/16,fd00::/8`). Without it, requests to loopback, private,
+    /// link-local (cloud metadata), unspecified and multicast addresses are refused, so a
+    /// peer URL cannot aim our requests at this machine's or its network's services.
+    #[arg(
+        long = "peer-allowed-networks",
+        env = "VELOUR_PEER_ALLOWED_NETWORKS",
+        value_name = "VELOUR_PEER_ALLOWED_NETWORKS",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub allowed_networks: Vec<ipnet::IpNet>,
+
+    /// Whether the peer client refuses `http://` peers: `FEDERATION_REQUIRE_HTTPS`, copied
+    /// here by each service at start (`with_require_https`), not a setting of its own.
+    #[arg(skip = true)]
+    pub require_https: bool,
 }
 
 impl PeerSettings {
+    /// The peer client as `FEDERATION_REQUIRE_HTTPS` says.
+    pub fn with_require_https(mut self, federation: &FederationSettings) -> Self {
+        self.require_https = federation.require_https;
+        self
+    }
+
+    /// Settings for peers on this machine over plain HTTP, as tests run them.
+    pub fn for_loopback_peers() -> Self {
+        let loopback = ["127.0.0.0/8", "::1/128"].map(|n| n.parse().ok());
+        Self {
+            allowed_networks: loopback.into_iter().flatten().collect(),
+            require_https: false,
+            ..Self::default()
+        }
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
@@ -275,7 +349,14 @@ impl PeerSettings {
 
 impl Default for PeerSettings {
     fn default() -> Self {
-        Self { connect_timeout_secs: 5, read_timeout_secs: 30, max_page_bytes: 16 * 1024 * 1024 }
+        Self {
+            connect_timeout_secs: 5,
+            read_timeout_secs: 30,
+            max_page_bytes: 16 * 1024 * 1024,
+            ca_file: None,
+            allowed_networks: Vec::new(),
+            require_https: true,
+        }
     }
 }
 
@@ -544,6 +625,14 @@ impl Default for WorkerSettings {
     }
 }
 
+fn parse_network(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    // A bare address is a network of one.
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{raw:?} is not a network in CIDR notation (10.0.0.0/8)"))
+}
+
 fn parse_page_bytes(raw: &str) -> Result<usize, String> {
     let bytes: usize = raw.parse().map_err(|_| format!("{raw:?} is not a number of bytes"))?;
     if bytes < 64 * 1024 {
@@ -623,6 +712,8 @@ mod tests {
             instance_name: "x".into(),
             federation_rate_limit_per_hour: 5000,
             federation_stream_rate_limit_per_hour: 1000,
+            tls_cert_file: None,
+            tls_key_file: None,
         };
         let stream = StreamAddrSettings { stream_addr: "0.0.0.0:4001".parse().unwrap() };
         assert_eq!(gateway.stream_base_url(&stream).unwrap().as_str(), "http://127.0.0.1:4001/");
@@ -641,6 +732,7 @@ mod tests {
         assert_eq!(parsed.max_connections, 10);
         assert_eq!(parsed.token_lifetime(), None);
         assert_eq!(parsed.rotation_grace(), chrono::Duration::hours(24));
+        assert!(parsed.require_https && documented.require_https);
 
         let off =
             ["velour", "--federation-enabled", "false", "--federation-token-expiry-hours", "2"];
@@ -659,6 +751,24 @@ mod tests {
         assert!(parse_secrets_key("too short").is_err());
         assert!(parse_secrets_key(&hex_key[..62]).is_err());
         assert!(!format!("{from_hex:?}").contains("11"));
+    }
+
+    #[test]
+    fn allowed_networks_are_a_cidr_list() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            peer: PeerSettings,
+        }
+        let list = ["velour", "--peer-allowed-networks", "127.0.0.0/8, ::1,10.1.0.0/16"];
+        let parsed = <Cli as clap::Parser>::try_parse_from(list).unwrap().peer;
+        let shown: Vec<String> = parsed.allowed_networks.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.0/8", "::1/128", "10.1.0.0/16"]);
+        assert!(parsed.require_https);
+
+        let bad = ["velour", "--peer-allowed-networks", "10.0.0.0/33"];
+        let err = <Cli as clap::Parser>::try_parse_from(bad).err().unwrap().to_string();
+        assert!(err.contains("VELOUR_PEER_ALLOWED_NETWORKS"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The client one Velour instance uses to read another.
 
+use crate::guard::{AddressGuard, InternalAddress};
 use crate::wire::{InstanceInfo, KeySelf, Ping, RotatedKey, WorksPage};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -15,6 +16,13 @@ pub enum PeerError {
     BadUrl(String),
     #[error("could not build the HTTP client: {0}")]
     Client(String),
+    #[error(
+        "the peer URL {0} is http://, and FEDERATION_REQUIRE_HTTPS forbids sending our key \
+         in clear"
+    )]
+    HttpsRequired(String),
+    #[error(transparent)]
+    InternalAddress(#[from] InternalAddress),
     #[error("the peer did not answer in time on {path}")]
     Timeout { path: String },
     #[error("could not reach the peer on {path}: {reason}")]
@@ -58,32 +66,68 @@ impl std::fmt::Debug for PeerClient {
 
 /// An HTTP client with the timeouts peers get: bounded connect and idle time, no total
 /// limit (a stream may rightly last hours), and no redirects followed, so our key is
-/// never sent anywhere but the URL the operator configured.
+/// never sent anywhere but the URL the operator configured. It connects only to
+/// addresses the guard allows, trusts `VELOUR_PEER_CA_FILE` beside the system's roots,
+/// and with `FEDERATION_REQUIRE_HTTPS` sends nothing over plain HTTP.
 pub fn http_client(settings: &PeerSettings) -> Result<reqwest::Client, PeerError> {
-    reqwest::Client::builder()
+    let guard = AddressGuard::new(&settings.allowed_networks);
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("Velour/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(settings.connect_timeout())
         .read_timeout(settings.read_timeout())
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| PeerError::Client(e.to_string()))
+        .https_only(settings.require_https)
+        .dns_resolver(guard.resolver());
+    if let Some(path) = &settings.ca_file {
+        builder = builder.tls_certs_merge(read_ca_file(path)?);
+    }
+    builder.build().map_err(|e| PeerError::Client(e.to_string()))
+}
+
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, PeerError> {
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| PeerError::Client(format!("VELOUR_PEER_CA_FILE: cannot read {shown}: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+        PeerError::Client(format!("VELOUR_PEER_CA_FILE: {shown} is not PEM certificates"))
+    })?;
+    if certs.is_empty() {
+        return Err(PeerError::Client(format!(
+            "VELOUR_PEER_CA_FILE: {shown} holds no certificate"
+        )));
+    }
+    Ok(certs)
 }
 
 impl PeerClient {
     pub fn new(base: &Url, key: SecretString, settings: &PeerSettings) -> Result<Self, PeerError> {
-        Self::with_http(http_client(settings)?, base, key, settings.max_page_bytes)
+        Self::with_http(http_client(settings)?, base, key, settings)
     }
 
-    /// Shares one connection pool among many peers (the stream service does).
+    /// Shares one connection pool among many peers (the stream service does); `http` must
+    /// come from `http_client` with the same `settings`.
     pub fn with_http(
         http: reqwest::Client,
         base: &Url,
         key: SecretString,
-        max_page_bytes: usize,
+        settings: &PeerSettings,
     ) -> Result<Self, PeerError> {
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
             return Err(PeerError::BadUrl(base.to_string()));
         }
+        if settings.require_https && base.scheme() != "https" {
+            return Err(PeerError::HttpsRequired(base.to_string()));
+        }
+        // reqwest asks the resolver only for names: an address in the URL is checked here.
+        let literal = match base.host() {
+            Some(url::Host::Ipv4(v4)) => Some(std::net::IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(std::net::IpAddr::V6(v6)),
+            Some(url::Host::Domain(_)) | None => None,
+        };
+        if let Some(addr) = literal {
+            AddressGuard::new(&settings.allowed_networks).check(addr)?;
+        }
+        let max_page_bytes = settings.max_page_bytes;
         // Paths are joined onto the base, so it must end with a slash to keep any prefix
         // (a peer behind https://host/velour/).
         let mut base = base.clone();
@@ -259,6 +303,14 @@ fn transport_error(path: &str, err: &reqwest::Error) -> PeerError {
     if err.is_timeout() {
         return PeerError::Timeout { path: path.to_owned() };
     }
+    // The guarded resolver's refusal travels inside reqwest's and hyper's connect errors.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if let Some(internal) = current.downcast_ref::<InternalAddress>() {
+            return PeerError::InternalAddress(internal.clone());
+        }
+        cause = current.source();
+    }
     let reason = if err.is_connect() {
         "connection failed".to_owned()
     } else if err.is_body() || err.is_decode() {
@@ -276,6 +328,48 @@ mod tests {
     fn client(base: &str) -> PeerClient {
         let url = Url::parse(base).unwrap();
         PeerClient::new(&url, SecretString::from("k"), &PeerSettings::default()).unwrap()
+    }
+
+    fn made(base: &str, settings: &PeerSettings) -> Result<PeerClient, PeerError> {
+        PeerClient::new(&Url::parse(base).unwrap(), SecretString::from("k"), settings)
+    }
+
+    #[test]
+    fn http_peers_are_refused_while_https_is_required() {
+        let err = made("http://peer.example/", &PeerSettings::default()).unwrap_err();
+        assert!(matches!(err, PeerError::HttpsRequired(_)), "{err}");
+        let relaxed = PeerSettings { require_https: false, ..PeerSettings::default() };
+        assert!(made("http://peer.example/", &relaxed).is_ok());
+    }
+
+    #[test]
+    fn internal_address_literals_are_refused_unless_allowed() {
+        let settings = PeerSettings { require_https: false, ..PeerSettings::default() };
+        for base in ["https://10.0.0.5/", "https://169.254.169.254/", "http://[::1]:8080/"] {
+            let err = made(base, &settings).unwrap_err();
+            assert!(matches!(err, PeerError::InternalAddress(_)), "{base}: {err}");
+        }
+        assert!(made("https://93.184.216.34/", &settings).is_ok());
+        assert!(made("http://127.0.0.1:3000/", &PeerSettings::for_loopback_peers()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_connect() {
+        let settings = PeerSettings { require_https: false, ..PeerSettings::default() };
+        // Nothing needs to listen: the guard refuses before connecting.
+        let peer = made("http://localhost:9/", &settings).unwrap();
+        let err = peer.ping().await.unwrap_err();
+        let PeerError::InternalAddress(internal) = &err else { panic!("{err}") };
+        assert!(internal.addr.is_loopback());
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_names_its_setting() {
+        let settings =
+            PeerSettings { ca_file: Some("/nonexistent/ca.pem".into()), ..PeerSettings::default() };
+        let err = http_client(&settings).unwrap_err().to_string();
+        assert!(err.contains("VELOUR_PEER_CA_FILE"), "{err}");
     }
 
     #[test]

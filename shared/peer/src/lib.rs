@@ -6,7 +6,9 @@
 //! optional fields, unknown extra fields) and strict where we depend on a value (ids).
 
 mod client;
+mod guard;
 mod wire;
 
 pub use client::{PeerClient, PeerError, http_client};
+pub use guard::{AddressGuard, InternalAddress};
 pub use wire::*;
