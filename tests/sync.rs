@@ -71,11 +71,15 @@ async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow:
     assert_eq!(counts(&first, "videos"), [3, 3, 0, 0], "{first}");
     let cursor = sync_cursor(&b, peer).await?.context("no cursor after a complete scan")?;
 
-    // Unchanged: the rescan is one request to A, and changes nothing.
+    // Unchanged: the rescan is one request to A, and changes nothing. The cursor reaches a
+    // second back (CURSOR_OVERLAP), so rows A wrote within that second of B's first scan
+    // are sent again and seen, idempotently: whether they are depends on timing, so only
+    // "nothing changed" is asserted.
     let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let query = format!("key_id={key_id}&since={}", urlencode(&since));
     let rescan = b.scan(peer).await?;
-    assert_eq!(counts(&rescan, "videos"), [0, 0, 0, 0], "{rescan}");
+    assert_eq!(counts(&rescan, "videos")[1..], [0, 0, 0], "{rescan}");
+    assert!(counts(&rescan, "videos")[0] <= 3, "{rescan}");
     let requests = audit_entries(&a, &query, 1).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let requests = if requests.len() == 1 { audit_entries(&a, &query, 2).await? } else { requests };
