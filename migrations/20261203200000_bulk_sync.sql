@@ -56,7 +56,13 @@ CREATE TRIGGER videos_count_present_deleted AFTER DELETE ON videos
 -- A single counter row would be locked by every writing transaction until it ends, and
 -- serialize scans of different locations; inserting a delta row takes no lock anyone
 -- waits on. `compact_listed_works()` folds the deltas into one row after each scan.
-CREATE TABLE listed_works_deltas (works BIGINT NOT NULL);
+-- The deltas' highest id and row count also name a state of the listing (its order can
+-- change only when a work joins or leaves it: titles never change), which lets the gateway
+-- remember where the listing's pages start until it changes.
+CREATE TABLE listed_works_deltas (
+    id    BIGSERIAL PRIMARY KEY,
+    works BIGINT NOT NULL
+);
 INSERT INTO listed_works_deltas (works) SELECT count(*) FROM works WHERE present_videos > 0;
 
 CREATE FUNCTION count_listed_works() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -191,8 +191,9 @@ impl CatalogApi {
         let cursor = cursor.to_rfc3339_opts(SecondsFormat::Micros, true);
 
         let Some(since) = updated_since.0 else {
-            let (works, total) =
-                velour_db::catalog::list_works(&state.pool, page).await.map_err(db)?;
+            let (works, total) = velour_db::catalog::list_works(&state.pool, &state.listing, page)
+                .await
+                .map_err(db)?;
             let sync = SyncState { cursor, deleted: Vec::new(), deleted_count: 0 };
             return Ok(Json(WorksPage {
                 works: works.into_iter().map(|w| work(w, MetadataAccess::of(&auth))).collect(),

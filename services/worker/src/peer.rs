@@ -11,9 +11,7 @@ use velour_core::normalize_title;
 use velour_db::connections;
 use velour_db::ingest::{self, FoundVideo, FoundWork};
 use velour_db::locations::{self, LocationWithSecrets};
-use velour_peer::{
-    PeerClient, PeerError, RotatedKey, SYNC_CAPABILITY, Work, WorkVideo, WorksPage,
-};
+use velour_peer::{PeerClient, PeerError, RotatedKey, SYNC_CAPABILITY, Work, WorkVideo, WorksPage};
 
 /// Works asked for per page: the most a Velour peer serves at once.
 const PER_PAGE: u32 = 100;

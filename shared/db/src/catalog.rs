@@ -75,17 +75,6 @@ const VIDEO_SELECT: &str = "
 /// `works_listed_idx` covers exactly these works in the listing's order.
 const PRESENT_WORK: &str = "w.present_videos > 0";
 
-/// How many works are listed: the sum of the deltas the `works` triggers keep (a few rows
-/// between compactions), instead of a count of every listed work on each request.
-async fn listed_works_total(pool: &PgPool) -> Result<i64, DbError> {
-    let total = sqlx::query_scalar(
-        "SELECT COALESCE(sum(works), 0)::BIGINT FROM listed_works_deltas",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(total)
-}
-
 /// Folds the listed-works deltas written so far into one row; scans call it when they
 /// end, so that reading the total stays a matter of a few rows.
 pub async fn compact_listed_works(pool: &PgPool) -> Result<(), DbError> {
@@ -107,33 +96,128 @@ pub async fn instance_totals(pool: &PgPool) -> Result<InstanceTotals, DbError> {
     Ok(totals)
 }
 
+/// Entries of the listing between two remembered keys. A page is found by seeking to the
+/// nearest remembered key before it and stepping over at most this many entries.
+const LISTING_STRIDE: i64 = 1000;
+
+/// Every `LISTING_STRIDE`-th key of the listing (title, id), as of one state of the
+/// listed-works deltas. Titles never change and ids are fixed, so the listing's order can
+/// only change when a work joins or leaves it, and each such statement writes a delta row:
+/// the deltas' (highest id, row count) names a state of the listing.
+struct ListingKeys {
+    version: (i64, i64),
+    /// `keys[k]` is the key at position `(k + 1) * LISTING_STRIDE - 1` (from 0).
+    keys: Vec<(String, i64)>,
+}
+
+/// The remembered keys of the works listing, shared by one process's requests: deep pages
+/// then cost a seek and a short step instead of an OFFSET over every earlier work.
+#[derive(Default)]
+pub struct ListingCache {
+    keys: tokio::sync::Mutex<Option<std::sync::Arc<ListingKeys>>>,
+}
+
+impl ListingCache {
+    /// The keys for the listing at `version`, read again when it changed. Concurrent
+    /// requests wait for one reading rather than each making its own.
+    async fn keys(
+        &self,
+        pool: &PgPool,
+        version: (i64, i64),
+    ) -> Result<std::sync::Arc<ListingKeys>, DbError> {
+        let mut cached = self.keys.lock().await;
+        if let Some(keys) = cached.as_ref().filter(|k| k.version == version) {
+            return Ok(keys.clone());
+        }
+        // The version is read with the keys, in one snapshot, so that they belong together.
+        let rows: Vec<(i64, i64, Option<String>, Option<i64>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH version AS (
+                    SELECT COALESCE(max(id), 0) AS top, count(*) AS rows
+                    FROM listed_works_deltas
+                 ), keys AS (
+                    SELECT title, id FROM (
+                        SELECT w.title, w.id, row_number() OVER (ORDER BY w.title, w.id) AS n
+                        FROM works w WHERE {PRESENT_WORK}) numbered
+                    WHERE n % {LISTING_STRIDE} = 0
+                 )
+                 SELECT v.top, v.rows, k.title, k.id
+                 FROM version v LEFT JOIN keys k ON true
+                 ORDER BY k.title, k.id"
+            )))
+            .fetch_all(pool)
+            .await?;
+        let version = rows.first().map_or(version, |r| (r.0, r.1));
+        let keys = rows.into_iter().filter_map(|r| Some((r.2?, r.3?))).collect();
+        let keys = std::sync::Arc::new(ListingKeys { version, keys });
+        *cached = Some(keys.clone());
+        Ok(keys)
+    }
+}
+
 /// One page of works ordered by title (then id, so pages never overlap), with the total.
 pub async fn list_works(
     pool: &PgPool,
+    cache: &ListingCache,
     page: PageRequest,
 ) -> Result<(Vec<WorkWithVideos>, i64), DbError> {
-    let total = listed_works_total(pool).await?;
-
-    // The page's ids come from the partial index alone (an index-only scan of
-    // `works_listed_idx`); only the page's own rows are then read from the table.
-    // TODO(#5): OFFSET still steps over every earlier entry of the index (~2 ms at page
-    // 1,000 of 100,000 works); keyset pages (`after=title,id`) would make deep pages as
-    // cheap as the first, but page numbers are what the API and peers speak.
-    let works: Vec<WorkRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT w.id, w.title, w.year, w.description, w.director, w.rating, w.organized,
-                w.created_at, w.updated_at
-         FROM (SELECT w.id FROM works w WHERE {PRESENT_WORK}
-               ORDER BY w.title, w.id LIMIT $1 OFFSET $2) page
-         JOIN works w ON w.id = page.id
-         ORDER BY w.title, w.id"
-    )))
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(pool)
+    let (total, top, rows): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(works), 0)::BIGINT, COALESCE(max(id), 0), count(*)
+         FROM listed_works_deltas",
+    )
+    .fetch_one(pool)
     .await?;
+
+    // A page at or past the end has no works; no need to look for them.
+    let works: Vec<WorkRow> = if page.offset() >= total {
+        Vec::new()
+    } else if page.offset() < LISTING_STRIDE {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{WORK_SELECT}
+             FROM (SELECT w.id FROM works w WHERE {PRESENT_WORK}
+                   ORDER BY w.title, w.id LIMIT $1 OFFSET $2) page
+             JOIN works w ON w.id = page.id
+             ORDER BY w.title, w.id"
+        )))
+        .bind(page.limit())
+        .bind(page.offset())
+        .fetch_all(pool)
+        .await?
+    } else {
+        // The page's ids come from the partial index alone (an index-only scan of
+        // `works_listed_idx` from the remembered key); only the page's rows are read from
+        // the table. A listing that changes between the two reads shifts the page by what
+        // changed, as an OFFSET would.
+        let keys = cache.keys(pool, (top, rows)).await?;
+        let k = usize::try_from(page.offset() / LISTING_STRIDE).unwrap_or(usize::MAX);
+        match keys.keys.get(k - 1) {
+            Some((title, id)) => {
+                let step = page.offset() - i64::try_from(k).unwrap_or(0) * LISTING_STRIDE;
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{WORK_SELECT}
+                     FROM (SELECT w.id FROM works w
+                           WHERE {PRESENT_WORK} AND (w.title, w.id) > ($3, $4)
+                           ORDER BY w.title, w.id LIMIT $1 OFFSET $2) page
+                     JOIN works w ON w.id = page.id
+                     ORDER BY w.title, w.id"
+                )))
+                .bind(page.limit())
+                .bind(step)
+                .bind(title)
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+            }
+            // The listing shrank since the total was read.
+            None => Vec::new(),
+        }
+    };
 
     with_videos(pool, works).await.map(|listed| (listed, total))
 }
+
+const WORK_SELECT: &str = "SELECT w.id, w.title, w.year, w.description, w.director, w.rating,
+    w.organized, w.created_at, w.updated_at";
 
 /// One work with its present videos; a work whose videos are all gone is not found.
 pub async fn get_work(pool: &PgPool, id: i64) -> Result<WorkWithVideos, DbError> {
