@@ -486,6 +486,9 @@ pub async fn upsert_works(
     conn: &mut PgConnection,
     works: &[FoundWork<'_>],
 ) -> Result<Vec<(i64, WorkChange)>, DbError> {
+    if works.is_empty() {
+        return Ok(Vec::new());
+    }
     // One row per (title, year): a statement may not update a row twice. A repeat's facts
     // fill what the first occurrence lacked, as a second `upsert_work` would.
     let mut merged: Vec<FoundWork<'_>> = Vec::with_capacity(works.len());
