@@ -626,7 +626,7 @@ pub async fn upsert_videos(
 
     // The same statement as `upsert_video`'s, over every row: `prior` reads the snapshot
     // from before the statement, `written` returns only rows inserted or changed.
-    let rows: Vec<(String, Option<i64>, Option<bool>, Option<i64>)> = sqlx::query_as(
+    let rows: Vec<UpsertedVideo> = sqlx::query_as(
         "WITH input AS (
             SELECT * FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[],
                 $6::TIMESTAMPTZ[], $7::DOUBLE PRECISION[], $8::INTEGER[], $9::INTEGER[],
@@ -669,7 +669,8 @@ pub async fn upsert_videos(
                    EXCLUDED.video_metadata)
             RETURNING id, source_key
          )
-         SELECT i.source_key, p.id, p.removed, w.id
+         SELECT i.source_key, p.id AS prior_id, p.removed AS prior_removed,
+                w.id AS written_id
          FROM input i
          LEFT JOIN prior p ON p.source_key = i.source_key
          LEFT JOIN written w ON w.source_key = i.source_key
@@ -694,10 +695,17 @@ pub async fn upsert_videos(
     .await?;
 
     rows.into_iter()
-        .map(|(source_key, prior_id, prior_removed, written_id)| {
-            video_change(&source_key, prior_id, prior_removed, written_id)
-        })
+        .map(|r| video_change(&r.source_key, r.prior_id, r.prior_removed, r.written_id))
         .collect()
+}
+
+/// One row of `upsert_videos`' statement: what the row was before it, and what it wrote.
+#[derive(sqlx::FromRow)]
+struct UpsertedVideo {
+    source_key: String,
+    prior_id: Option<i64>,
+    prior_removed: Option<bool>,
+    written_id: Option<i64>,
 }
 
 fn video_change(
