@@ -55,6 +55,8 @@ pub struct GatewayState {
     pub audit: audit::AuditSink,
     /// Seals the secrets of new locations.
     pub secrets: velour_db::secrets::SecretsCipher,
+    /// Where the works listing's pages start, remembered until the listing changes.
+    pub listing: std::sync::Arc<velour_db::catalog::ListingCache>,
 }
 
 impl GatewayState {
@@ -79,6 +81,7 @@ impl GatewayState {
         Ok(Self {
             rate_limiter: ratelimit::RateLimiter::new(conn.clone(), defaults.0, defaults.1),
             audit: audit::AuditSink::start(pool.clone()),
+            listing: Default::default(),
             pool,
             scans: velour_jobs::scan_storage(conn.clone()),
             connection_tests: velour_jobs::test_connection_storage(conn),

@@ -19,6 +19,7 @@ use url::Url;
 use velour_core::StorageType;
 use velour_core::settings::{DatabaseSettings, PeerSettings, WorkerSettings};
 use velour_db::PageRequest;
+use velour_db::ingest::{FoundVideo, FoundWork, VideoChange, WorkChange};
 use velour_db::locations::{NewLocation, create_location};
 use velour_db::scans::{ScanCounts, enqueue_scan_run, get_scan_run, list_scan_skips};
 use velour_db::secrets::SecretsCipher;
@@ -144,7 +145,8 @@ async fn folder_scans_index_new_files_and_rescans_change_nothing() {
         assert_eq!(state.probes.load(Ordering::Relaxed), 3);
 
         let page = PageRequest::new(None, None).unwrap();
-        let (works, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (works, total) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         assert_eq!(total, 2);
         let titles: Vec<(&str, Option<i32>)> =
             works.iter().map(|w| (w.work.title.as_str(), w.work.year)).collect();
@@ -182,7 +184,8 @@ async fn folder_scans_index_new_files_and_rescans_change_nothing() {
         let (_, counts) = scan(&state, location).await;
         let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(1, 1) };
         assert_eq!(counts.unwrap(), expected);
-        let (_, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (_, total) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         assert_eq!(total, 1);
 
         // Back again: the same row is present again and counts as added.
@@ -530,7 +533,8 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         assert_eq!(skips[0].path, "borrowed.mp4 (peer video 12)");
 
         let page = PageRequest::new(None, None).unwrap();
-        let (works, _) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (works, _) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         let amelie = works.iter().find(|w| w.work.year == Some(2001)).unwrap();
         assert_eq!(amelie.work.title, "Am\u{e9}lie");
         let video = &amelie.videos[0];
@@ -558,7 +562,8 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         let run = get_scan_run(&pool, run_id).await.unwrap();
         assert_eq!((run.state.as_str(), run.videos_seen, run.videos_removed), ("failed", 1, 0));
         assert!(run.error.unwrap_or_default().contains("HTTP 500"));
-        let (_, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (_, total) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         assert_eq!(total, 2);
 
         // A peer that lists less than before: what is gone is removed.
@@ -586,7 +591,8 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         let run = get_scan_run(&pool, run_id).await.unwrap();
         assert_eq!(run.videos_removed, 0);
         assert!(run.error.unwrap_or_default().contains("page 1 was empty"));
-        let (_, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (_, total) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         assert_eq!(total, 1);
 
         // A peer claiming a billion pages is not believed, and not read.
@@ -603,7 +609,8 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         assert_eq!((counts.videos_seen, counts.videos_added), (1, 1), "{counts:?}");
         let skips = list_scan_skips(&pool, run_id, 10).await.unwrap();
         assert_eq!(skips.len(), 4, "{skips:?}");
-        let (works, _) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (works, _) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         let fine = works.iter().find(|w| w.work.title == "Fine").unwrap();
         assert_eq!(fine.work.description, None);
         assert_eq!(fine.videos.len(), 1);
@@ -655,7 +662,8 @@ async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_comp
         assert_eq!(counts.unwrap(), expected);
         assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c2"));
         let page = PageRequest::new(None, None).unwrap();
-        let (works, total) = velour_db::catalog::list_works(&pool, page).await.unwrap();
+        let (works, total) =
+            velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         assert_eq!(total, 1);
         assert_eq!(works[0].videos[0].file_size, 4321);
 
@@ -1505,6 +1513,161 @@ async fn two_schedulers_racing_claim_a_due_location_once_and_respect_its_interva
     .await;
 }
 
+fn peer_video<'a>(work_id: i64, location: i64, key: &'a str, empty: &'a Value) -> FoundVideo<'a> {
+    FoundVideo {
+        work_id,
+        storage_location_id: location,
+        source_key: key,
+        filename: key,
+        file_size: 1,
+        modified_at: None,
+        duration: None,
+        width: None,
+        height: None,
+        video_codec: None,
+        audio_codec: None,
+        container: None,
+        web_compatible: true,
+        fingerprints: empty,
+        video_metadata: empty,
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_works_is_upserted_at_once_with_what_each_would_have_done() {
+    with_database(|pool| async move {
+        let location = add_location(&pool, "Peer", StorageType::Velour, json!({})).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let known = FoundWork { title: "Known", year: Some(1999), ..Default::default() };
+        velour_db::ingest::upsert_works(&mut conn, &[known]).await.unwrap();
+
+        let page = [
+            FoundWork { title: "New", year: None, ..Default::default() },
+            FoundWork { title: "Known", year: Some(1999), director: Some("D"), ..known },
+            // The same work twice: the repeat fills what the first lacked.
+            FoundWork { title: "New", year: None, rating: Some(7.0), ..Default::default() },
+            FoundWork { title: "Known", year: Some(1999), ..known },
+        ];
+        let changes = velour_db::ingest::upsert_works(&mut conn, &page).await.unwrap();
+        let kinds: Vec<WorkChange> = changes.iter().map(|c| c.1).collect();
+        use WorkChange::{Created, Filled, Unchanged};
+        assert_eq!(kinds, [Created, Filled, Filled, Unchanged]);
+        assert_eq!((changes[0].0, changes[1].0), (changes[2].0, changes[3].0));
+        let rating: Option<f64> =
+            sqlx::query_scalar("SELECT rating FROM works WHERE title = 'New'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rating, Some(7.0));
+
+        let empty = json!({});
+        let videos = [
+            peer_video(changes[0].0, location, "1", &empty),
+            peer_video(changes[1].0, location, "2", &empty),
+        ];
+        let saved = velour_db::ingest::upsert_videos(&mut conn, location, &videos).await.unwrap();
+        assert!(saved.iter().all(|s| s.1 == VideoChange::Created), "{saved:?}");
+        let again = velour_db::ingest::upsert_videos(&mut conn, location, &videos).await.unwrap();
+        assert!(again.iter().all(|s| s.1 == VideoChange::Unchanged), "{again:?}");
+        let moved = [peer_video(changes[1].0, location, "1", &empty)];
+        let moved = velour_db::ingest::upsert_videos(&mut conn, location, &moved).await.unwrap();
+        assert_eq!(moved[0], (saved[0].0, VideoChange::Updated));
+
+        // Both works are listed once; "New" lost its video to "Known" and is not.
+        let (listed, total) = velour_db::catalog::list_works(
+            &pool,
+            &Default::default(),
+            PageRequest::new(None, None).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(total, 1);
+        assert_eq!(listed[0].work.title, "Known");
+        velour_db::catalog::compact_listed_works(&pool).await.unwrap();
+        let (_, total) = velour_db::catalog::list_works(
+            &pool,
+            &Default::default(),
+            PageRequest::new(None, None).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(total, 1);
+    })
+    .await;
+}
+
+/// Two scans of different locations save pages that share works, listed in opposite
+/// orders: both lock the works in one order, so the second waits for the first instead of
+/// deadlocking with it.
+#[tokio::test]
+async fn pages_sharing_works_in_opposite_orders_wait_for_each_other() {
+    with_database(|pool| async move {
+        let one = add_location(&pool, "One", StorageType::Velour, json!({})).await;
+        let two = add_location(&pool, "Two", StorageType::Velour, json!({})).await;
+        let a = FoundWork { title: "A", year: Some(2000), ..Default::default() };
+        let b = FoundWork { title: "B", year: Some(2000), ..Default::default() };
+        let mut conn = pool.acquire().await.unwrap();
+        velour_db::ingest::upsert_works(&mut conn, &[a, b]).await.unwrap();
+        drop(conn);
+
+        let mut first = pool.begin().await.unwrap();
+        let ids = velour_db::ingest::upsert_works(&mut first, &[a, b]).await.unwrap();
+
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut tx = pool.begin().await?;
+                let ids = velour_db::ingest::upsert_works(&mut tx, &[b, a]).await?;
+                let empty = json!({});
+                let videos = [
+                    peer_video(ids[0].0, two, "b", &empty),
+                    peer_video(ids[1].0, two, "a", &empty),
+                ];
+                velour_db::ingest::upsert_videos(&mut tx, two, &videos).await?;
+                tx.commit().await?;
+                Ok::<_, velour_db::DbError>(())
+            }
+        });
+        // The second page now waits for a work's lock.
+        for _ in 0..200 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let empty = json!({});
+        let videos =
+            [peer_video(ids[1].0, one, "b", &empty), peer_video(ids[0].0, one, "a", &empty)];
+        velour_db::ingest::upsert_videos(&mut first, one, &videos).await.unwrap();
+        first.commit().await.unwrap();
+        second.await.unwrap().unwrap();
+
+        let counts: Vec<i32> =
+            sqlx::query_scalar("SELECT present_videos FROM works ORDER BY title")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(counts, [2, 2]);
+        let (_, total) = velour_db::catalog::list_works(
+            &pool,
+            &Default::default(),
+            PageRequest::new(None, None).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(total, 2);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_location_changes() {
     use velour_db::rescans::{ScanOutcome, claim_due_rescans, record_scan_outcome};
@@ -1541,6 +1704,63 @@ async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_locatio
 
         let row = velour_db::rescans::update_schedule(&pool, id, Some(None)).await.unwrap();
         assert_eq!((row.rescan_interval_secs, row.next_scan_at), (None, None));
+    })
+    .await;
+}
+
+/// Deep pages start from a remembered key; they must hold what an OFFSET would, also
+/// after the listing changed.
+#[tokio::test]
+async fn deep_listing_pages_match_offset_pages_as_the_listing_changes() {
+    with_database(|pool| async move {
+        let location = add_location(&pool, "Bulk", StorageType::Velour, json!({})).await;
+        sqlx::query(
+            "INSERT INTO works (title, year)
+             SELECT 'Work ' || n % 997 || ' ' || n, NULL FROM generate_series(1, 2600) n",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+             SELECT id, $1, id::TEXT, id::TEXT, 1 FROM works",
+        )
+        .bind(location)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let cache = velour_db::catalog::ListingCache::default();
+        for round in 0..3 {
+            let expected: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM works WHERE present_videos > 0 ORDER BY title, id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            for number in [1, 10, 11, 19, 20, 21, 25, 26, 27] {
+                let page = PageRequest::new(Some(number), Some(100)).unwrap();
+                let (works, total) =
+                    velour_db::catalog::list_works(&pool, &cache, page).await.unwrap();
+                let ids: Vec<i64> = works.iter().map(|w| w.work.id).collect();
+                let from = usize::try_from((number - 1) * 100).unwrap().min(expected.len());
+                let to = (from + 100).min(expected.len());
+                assert_eq!(ids, expected[from..to], "round {round}, page {number}");
+                assert_eq!(total, i64::try_from(expected.len()).unwrap());
+            }
+            // Works leave the listing (early in its order) and the deltas are folded.
+            sqlx::query(
+                "UPDATE videos SET removed_at = now()
+                 WHERE work_id IN (SELECT id FROM works ORDER BY title, id LIMIT 7)
+                   AND removed_at IS NULL",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            if round == 1 {
+                velour_db::catalog::compact_listed_works(&pool).await.unwrap();
+            }
+        }
     })
     .await;
 }

@@ -75,10 +75,17 @@ const VIDEO_SELECT: &str = "
 /// `works_listed_idx` covers exactly these works in the listing's order.
 const PRESENT_WORK: &str = "w.present_videos > 0";
 
+/// Folds the listed-works deltas written so far into one row; scans call it when they
+/// end, so that reading the total stays a matter of a few rows.
+pub async fn compact_listed_works(pool: &PgPool) -> Result<(), DbError> {
+    sqlx::query("SELECT compact_listed_works()").execute(pool).await?;
+    Ok(())
+}
+
 pub async fn instance_totals(pool: &PgPool) -> Result<InstanceTotals, DbError> {
     let totals = sqlx::query_as(
         "SELECT
-            (SELECT count(*) FROM works w WHERE w.present_videos > 0) AS total_works,
+            (SELECT COALESCE(sum(works), 0)::BIGINT FROM listed_works_deltas) AS total_works,
             count(*) AS total_videos,
             -- numeric sum, clamped: peers' sizes are not ours to trust with an overflow
             LEAST(COALESCE(sum(file_size), 0), 9223372036854775807)::BIGINT AS total_storage
@@ -89,33 +96,128 @@ pub async fn instance_totals(pool: &PgPool) -> Result<InstanceTotals, DbError> {
     Ok(totals)
 }
 
+/// Entries of the listing between two remembered keys. A page is found by seeking to the
+/// nearest remembered key before it and stepping over at most this many entries.
+const LISTING_STRIDE: i64 = 1000;
+
+/// Every `LISTING_STRIDE`-th key of the listing (title, id), as of one state of the
+/// listed-works deltas. Titles never change and ids are fixed, so the listing's order can
+/// only change when a work joins or leaves it, and each such statement writes a delta row:
+/// the deltas' (highest id, row count) names a state of the listing.
+struct ListingKeys {
+    version: (i64, i64),
+    /// `keys[k]` is the key at position `(k + 1) * LISTING_STRIDE - 1` (from 0).
+    keys: Vec<(String, i64)>,
+}
+
+/// The remembered keys of the works listing, shared by one process's requests: deep pages
+/// then cost a seek and a short step instead of an OFFSET over every earlier work.
+#[derive(Default)]
+pub struct ListingCache {
+    keys: tokio::sync::Mutex<Option<std::sync::Arc<ListingKeys>>>,
+}
+
+impl ListingCache {
+    /// The keys for the listing at `version`, read again when it changed. Concurrent
+    /// requests wait for one reading rather than each making its own.
+    async fn keys(
+        &self,
+        pool: &PgPool,
+        version: (i64, i64),
+    ) -> Result<std::sync::Arc<ListingKeys>, DbError> {
+        let mut cached = self.keys.lock().await;
+        if let Some(keys) = cached.as_ref().filter(|k| k.version == version) {
+            return Ok(keys.clone());
+        }
+        // The version is read with the keys, in one snapshot, so that they belong together.
+        let rows: Vec<(i64, i64, Option<String>, Option<i64>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH version AS (
+                    SELECT COALESCE(max(id), 0) AS top, count(*) AS rows
+                    FROM listed_works_deltas
+                 ), keys AS (
+                    SELECT title, id FROM (
+                        SELECT w.title, w.id, row_number() OVER (ORDER BY w.title, w.id) AS n
+                        FROM works w WHERE {PRESENT_WORK}) numbered
+                    WHERE n % {LISTING_STRIDE} = 0
+                 )
+                 SELECT v.top, v.rows, k.title, k.id
+                 FROM version v LEFT JOIN keys k ON true
+                 ORDER BY k.title, k.id"
+            )))
+            .fetch_all(pool)
+            .await?;
+        let version = rows.first().map_or(version, |r| (r.0, r.1));
+        let keys = rows.into_iter().filter_map(|r| Some((r.2?, r.3?))).collect();
+        let keys = std::sync::Arc::new(ListingKeys { version, keys });
+        *cached = Some(keys.clone());
+        Ok(keys)
+    }
+}
+
 /// One page of works ordered by title (then id, so pages never overlap), with the total.
 pub async fn list_works(
     pool: &PgPool,
+    cache: &ListingCache,
     page: PageRequest,
 ) -> Result<(Vec<WorkWithVideos>, i64), DbError> {
-    // TODO(#5): counting and OFFSET both read the partial index up to the page: ~10-30 ms
-    // for deep pages of 100,000 works, over the 25 ms p99 target under load. Keyset pages
-    // and a maintained total would make both constant.
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM works w WHERE {PRESENT_WORK}"
-    )))
+    let (total, top, rows): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(works), 0)::BIGINT, COALESCE(max(id), 0), count(*)
+         FROM listed_works_deltas",
+    )
     .fetch_one(pool)
     .await?;
 
-    let works: Vec<WorkRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT w.id, w.title, w.year, w.description, w.director, w.rating, w.organized,
-                w.created_at, w.updated_at
-         FROM works w WHERE {PRESENT_WORK}
-         ORDER BY w.title, w.id LIMIT $1 OFFSET $2"
-    )))
-    .bind(page.limit())
-    .bind(page.offset())
-    .fetch_all(pool)
-    .await?;
+    // A page at or past the end has no works; no need to look for them.
+    let works: Vec<WorkRow> = if page.offset() >= total {
+        Vec::new()
+    } else if page.offset() < LISTING_STRIDE {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{WORK_SELECT}
+             FROM (SELECT w.id FROM works w WHERE {PRESENT_WORK}
+                   ORDER BY w.title, w.id LIMIT $1 OFFSET $2) page
+             JOIN works w ON w.id = page.id
+             ORDER BY w.title, w.id"
+        )))
+        .bind(page.limit())
+        .bind(page.offset())
+        .fetch_all(pool)
+        .await?
+    } else {
+        // The page's ids come from the partial index alone (an index-only scan of
+        // `works_listed_idx` from the remembered key); only the page's rows are read from
+        // the table. A listing that changes between the two reads shifts the page by what
+        // changed, as an OFFSET would.
+        let keys = cache.keys(pool, (top, rows)).await?;
+        let k = usize::try_from(page.offset() / LISTING_STRIDE).unwrap_or(usize::MAX);
+        match keys.keys.get(k - 1) {
+            Some((title, id)) => {
+                let step = page.offset() - i64::try_from(k).unwrap_or(0) * LISTING_STRIDE;
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{WORK_SELECT}
+                     FROM (SELECT w.id FROM works w
+                           WHERE {PRESENT_WORK} AND (w.title, w.id) > ($3, $4)
+                           ORDER BY w.title, w.id LIMIT $1 OFFSET $2) page
+                     JOIN works w ON w.id = page.id
+                     ORDER BY w.title, w.id"
+                )))
+                .bind(page.limit())
+                .bind(step)
+                .bind(title)
+                .bind(id)
+                .fetch_all(pool)
+                .await?
+            }
+            // The listing shrank since the total was read.
+            None => Vec::new(),
+        }
+    };
 
     with_videos(pool, works).await.map(|listed| (listed, total))
 }
+
+const WORK_SELECT: &str = "SELECT w.id, w.title, w.year, w.description, w.director, w.rating,
+    w.organized, w.created_at, w.updated_at";
 
 /// One work with its present videos; a work whose videos are all gone is not found.
 pub async fn get_work(pool: &PgPool, id: i64) -> Result<WorkWithVideos, DbError> {
@@ -190,19 +292,26 @@ pub async fn search_videos(
     // queries shorter than three characters have no trigram to look up and read the whole
     // index, which is still cheaper than reading every row.
     let pattern = like_pattern(&velour_core::normalize_title(query));
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM videos v JOIN works w ON w.id = v.work_id WHERE {SEARCH_MATCH}"
-    )))
-    .bind(&pattern)
-    .fetch_one(pool)
-    .await?;
-    let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<VideoRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{VIDEO_SELECT} WHERE {SEARCH_MATCH} ORDER BY w.title, v.id LIMIT $2 OFFSET $3"
     )))
     .bind(&pattern)
     .bind(page.limit())
     .bind(page.offset())
     .fetch_all(pool)
+    .await?;
+
+    // A page that is not full, and not past the end, ends the results: its total needs
+    // no second pass over the index (most searches fit in one page).
+    let fetched = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    if fetched < page.limit() && (fetched > 0 || page.offset() == 0) {
+        return Ok((rows, page.offset() + fetched));
+    }
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM videos v JOIN works w ON w.id = v.work_id WHERE {SEARCH_MATCH}"
+    )))
+    .bind(&pattern)
+    .fetch_one(pool)
     .await?;
     Ok((rows, total))
 }

@@ -275,18 +275,7 @@ pub async fn upsert_video(
         .fetch_one(&mut *conn)
         .await?;
 
-    match (prior_id, prior_removed, written_id) {
-        (None, _, Some(id)) => Ok((id, VideoChange::Created)),
-        (Some(_), Some(true), Some(id)) => Ok((id, VideoChange::Restored)),
-        (Some(_), _, Some(id)) => Ok((id, VideoChange::Updated)),
-        (Some(id), _, None) => Ok((id, VideoChange::Unchanged)),
-        // Neither there before nor written: another transaction inserted the same key
-        // after our snapshot. Scans of one location hold a lock, so this is a bug elsewhere.
-        (None, _, None) => Err(DbError::Conflict(format!(
-            "the video {:?} was written by someone else during the scan",
-            video.source_key
-        ))),
-    }
+    video_change(video.source_key, prior_id, prior_removed, written_id)
 }
 
 /// Gives a video a new source key, its file having moved within the location: it keeps
@@ -328,6 +317,21 @@ pub async fn remove_unseen_videos(
     location_id: i64,
     seen_video_ids: &[i64],
 ) -> Result<Sweep, DbError> {
+    let mut tx = pool.begin().await?;
+    // The counts of the works losing videos change below: their rows are locked first, in
+    // the order every scan locks works in, so that a sweep cannot deadlock with a page.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT FROM works w
+         WHERE w.id IN (SELECT work_id FROM videos
+                        WHERE storage_location_id = $1 AND removed_at IS NULL
+                          AND NOT (id = ANY($2)))
+         ORDER BY {LOCK_ORDER} FOR NO KEY UPDATE"
+    )))
+    .bind(location_id)
+    .bind(seen_video_ids)
+    .execute(&mut *tx)
+    .await?;
+
     // The outer SELECT sees the snapshot from before the UPDATE, so the videos just
     // removed still look present there and are excluded by id.
     let sweep = sqlx::query_as(
@@ -345,8 +349,9 @@ pub async fn remove_unseen_videos(
     )
     .bind(location_id)
     .bind(seen_video_ids)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(sweep)
 }
 
@@ -428,6 +433,20 @@ pub async fn remove_videos_by_source_key(
     if source_keys.is_empty() {
         return Ok(Sweep::default());
     }
+    // Locked in scan order; a page's own works were locked before, so this order is only
+    // kept within the tombstones (see `save_page` in the worker for the retry).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT FROM works w
+         WHERE w.id IN (SELECT work_id FROM videos
+                        WHERE storage_location_id = $1 AND removed_at IS NULL
+                          AND source_key = ANY($2))
+         ORDER BY {LOCK_ORDER} FOR NO KEY UPDATE"
+    )))
+    .bind(location_id)
+    .bind(source_keys)
+    .execute(&mut *conn)
+    .await?;
+
     // Same shape as `remove_unseen_videos`: the outer SELECT's snapshot predates the UPDATE.
     let sweep = sqlx::query_as(
         "WITH removed AS (
@@ -447,4 +466,263 @@ pub async fn remove_videos_by_source_key(
     .fetch_one(&mut *conn)
     .await?;
     Ok(sweep)
+}
+
+/// Where a work falls in the order every writer that holds several works' locks takes
+/// them in: its title's bytes (`COLLATE "C"` in SQL), then its year with no year first.
+/// Two transactions that lock in one order cannot deadlock on each other.
+fn lock_order<'a>(work: &FoundWork<'a>) -> (&'a [u8], Option<i32>) {
+    (work.title.as_bytes(), work.year)
+}
+
+/// The SQL form of `lock_order`.
+const LOCK_ORDER: &str = "w.title COLLATE \"C\", w.year NULLS FIRST, w.id";
+
+/// Finds or creates every work of a page at once, as `upsert_work` would one by one, and
+/// returns each one's id and change in the order given. Existing works are locked (in
+/// `lock_order`) until the transaction ends, so that the present-video counts written
+/// after them never wait on another scan while holding one of these.
+pub async fn upsert_works(
+    conn: &mut PgConnection,
+    works: &[FoundWork<'_>],
+) -> Result<Vec<(i64, WorkChange)>, DbError> {
+    if works.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One row per (title, year): a statement may not update a row twice. A repeat's facts
+    // fill what the first occurrence lacked, as a second `upsert_work` would.
+    let mut merged: Vec<FoundWork<'_>> = Vec::with_capacity(works.len());
+    let mut repeat_fills: Vec<bool> = Vec::with_capacity(works.len());
+    let mut index_of: HashMap<(&str, Option<i32>), usize> = HashMap::new();
+    for work in works {
+        match index_of.get(&(work.title, work.year)) {
+            Some(&i) => {
+                let first = &mut merged[i];
+                let fills = (first.description.is_none() && work.description.is_some())
+                    || (first.director.is_none() && work.director.is_some())
+                    || (first.rating.is_none() && work.rating.is_some());
+                repeat_fills[i] |= fills;
+                first.description = first.description.or(work.description);
+                first.director = first.director.or(work.director);
+                first.rating = first.rating.or(work.rating);
+            }
+            None => {
+                index_of.insert((work.title, work.year), merged.len());
+                merged.push(*work);
+                repeat_fills.push(false);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..merged.len()).collect();
+    order.sort_by(|&a, &b| lock_order(&merged[a]).cmp(&lock_order(&merged[b])));
+
+    let titles: Vec<&str> = order.iter().map(|&i| merged[i].title).collect();
+    let years: Vec<Option<i32>> = order.iter().map(|&i| merged[i].year).collect();
+    let descriptions: Vec<Option<&str>> = order.iter().map(|&i| merged[i].description).collect();
+    let directors: Vec<Option<&str>> = order.iter().map(|&i| merged[i].director).collect();
+    let ratings: Vec<Option<f64>> = order.iter().map(|&i| merged[i].rating).collect();
+
+    // ON CONFLICT DO UPDATE locks a conflicting row even when its WHERE leaves it as it
+    // is, and the rows are taken in the order given. Rows returned were created (xmax 0)
+    // or filled; the others are read by the next statement, whose snapshot also sees a
+    // row another scan created and committed while this one waited for it.
+    let written: Vec<(i64, String, Option<i32>, bool)> = sqlx::query_as(
+        "INSERT INTO works (title, year, description, director, rating)
+         SELECT title, year, description, director, rating
+         FROM unnest($1::TEXT[], $2::INTEGER[], $3::TEXT[], $4::TEXT[],
+                     $5::DOUBLE PRECISION[]) WITH ORDINALITY
+              AS i(title, year, description, director, rating, ord)
+         ORDER BY ord
+         ON CONFLICT ON CONSTRAINT works_title_year_key DO UPDATE SET
+            description = COALESCE(works.description, EXCLUDED.description),
+            director = COALESCE(works.director, EXCLUDED.director),
+            rating = COALESCE(works.rating, EXCLUDED.rating),
+            updated_at = now()
+         WHERE (works.description IS NULL AND EXCLUDED.description IS NOT NULL)
+            OR (works.director IS NULL AND EXCLUDED.director IS NOT NULL)
+            OR (works.rating IS NULL AND EXCLUDED.rating IS NOT NULL)
+         RETURNING id, title, year, xmax = 0",
+    )
+    .bind(&titles)
+    .bind(&years)
+    .bind(&descriptions)
+    .bind(&directors)
+    .bind(&ratings)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut found: HashMap<(String, Option<i32>), (i64, WorkChange)> = HashMap::new();
+    for (id, title, year, created) in written {
+        let change = if created { WorkChange::Created } else { WorkChange::Filled };
+        found.insert((title, year), (id, change));
+    }
+    if found.len() < merged.len() {
+        let unchanged: Vec<(i64, String, Option<i32>)> = sqlx::query_as(
+            "SELECT w.id, w.title, w.year
+             FROM unnest($1::TEXT[], $2::INTEGER[]) AS i(title, year)
+             JOIN works w ON w.title = i.title AND w.year IS NOT DISTINCT FROM i.year",
+        )
+        .bind(&titles)
+        .bind(&years)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, title, year) in unchanged {
+            found.entry((title, year)).or_insert((id, WorkChange::Unchanged));
+        }
+    }
+
+    let mut changes = Vec::with_capacity(works.len());
+    let mut reported = vec![false; merged.len()];
+    for work in works {
+        let i = index_of[&(work.title, work.year)];
+        let key = (work.title.to_owned(), work.year);
+        let Some(&(id, change)) = found.get(&key) else {
+            return Err(DbError::Conflict(format!(
+                "the work {:?} ({:?}) vanished while it was being saved",
+                work.title, work.year
+            )));
+        };
+        // The first occurrence reports what the statement did; a repeat reports a fill
+        // when it brought a fact the first lacked to a work this page created.
+        let change = match (reported[i], change) {
+            (false, change) => change,
+            (true, WorkChange::Created) if repeat_fills[i] => WorkChange::Filled,
+            (true, _) => WorkChange::Unchanged,
+        };
+        reported[i] = true;
+        changes.push((id, change));
+    }
+    Ok(changes)
+}
+
+/// Creates or updates every video at once, as `upsert_video` would one by one, and returns
+/// each one's id and change in the order given. Source keys must be unique within one
+/// call; the caller splits repeats into later calls.
+pub async fn upsert_videos(
+    conn: &mut PgConnection,
+    location_id: i64,
+    videos: &[FoundVideo<'_>],
+) -> Result<Vec<(i64, VideoChange)>, DbError> {
+    if videos.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&FoundVideo<'_>) -> Option<String>| -> Vec<Option<String>> {
+        videos.iter().map(f).collect()
+    };
+    let work_ids: Vec<i64> = videos.iter().map(|v| v.work_id).collect();
+    let source_keys: Vec<&str> = videos.iter().map(|v| v.source_key).collect();
+    let filenames: Vec<&str> = videos.iter().map(|v| v.filename).collect();
+    let sizes: Vec<i64> = videos.iter().map(|v| v.file_size).collect();
+    let modified: Vec<Option<DateTime<Utc>>> = videos.iter().map(|v| v.modified_at).collect();
+    let durations: Vec<Option<f64>> = videos.iter().map(|v| v.duration).collect();
+    let widths: Vec<Option<i32>> = videos.iter().map(|v| v.width).collect();
+    let heights: Vec<Option<i32>> = videos.iter().map(|v| v.height).collect();
+    let video_codecs = column(|v| v.video_codec.map(str::to_owned));
+    let audio_codecs = column(|v| v.audio_codec.map(str::to_owned));
+    let containers = column(|v| v.container.map(str::to_owned));
+    let web: Vec<bool> = videos.iter().map(|v| v.web_compatible).collect();
+    let fingerprints: Vec<String> = videos.iter().map(|v| v.fingerprints.to_string()).collect();
+    let metadata: Vec<String> = videos.iter().map(|v| v.video_metadata.to_string()).collect();
+
+    // The same statement as `upsert_video`'s, over every row: `prior` reads the snapshot
+    // from before the statement, `written` returns only rows inserted or changed.
+    let rows: Vec<UpsertedVideo> = sqlx::query_as(
+        "WITH input AS (
+            SELECT * FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[],
+                $6::TIMESTAMPTZ[], $7::DOUBLE PRECISION[], $8::INTEGER[], $9::INTEGER[],
+                $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::BOOLEAN[], $14::JSONB[],
+                $15::JSONB[]) WITH ORDINALITY
+                AS i(work_id, source_key, filename, file_size, modified_at, duration, width,
+                     height, video_codec, audio_codec, container, web_compatible,
+                     fingerprints, video_metadata, ord)
+         ), prior AS (
+            SELECT id, source_key, removed_at IS NOT NULL AS removed FROM videos
+            WHERE storage_location_id = $1 AND source_key IN (SELECT source_key FROM input)
+         ), written AS (
+            INSERT INTO videos (work_id, storage_location_id, source_key, filename,
+                file_size, modified_at, duration, width, height, video_codec,
+                audio_codec, container, web_compatible, fingerprints, video_metadata)
+            SELECT work_id, $1, source_key, filename, file_size, modified_at, duration,
+                width, height, video_codec, audio_codec, container, web_compatible,
+                fingerprints, video_metadata
+            FROM input ORDER BY ord
+            ON CONFLICT ON CONSTRAINT videos_location_source_key DO UPDATE SET
+                work_id = EXCLUDED.work_id, filename = EXCLUDED.filename,
+                file_size = EXCLUDED.file_size, modified_at = EXCLUDED.modified_at,
+                duration = EXCLUDED.duration, width = EXCLUDED.width,
+                height = EXCLUDED.height, video_codec = EXCLUDED.video_codec,
+                audio_codec = EXCLUDED.audio_codec, container = EXCLUDED.container,
+                web_compatible = EXCLUDED.web_compatible,
+                fingerprints = EXCLUDED.fingerprints,
+                video_metadata = EXCLUDED.video_metadata,
+                removed_at = NULL, updated_at = now()
+            WHERE videos.removed_at IS NOT NULL
+               OR (videos.work_id, videos.filename, videos.file_size, videos.modified_at,
+                   videos.duration, videos.width, videos.height, videos.video_codec,
+                   videos.audio_codec, videos.container, videos.web_compatible,
+                   videos.fingerprints, videos.video_metadata)
+                  IS DISTINCT FROM
+                  (EXCLUDED.work_id, EXCLUDED.filename, EXCLUDED.file_size,
+                   EXCLUDED.modified_at, EXCLUDED.duration, EXCLUDED.width,
+                   EXCLUDED.height, EXCLUDED.video_codec, EXCLUDED.audio_codec,
+                   EXCLUDED.container, EXCLUDED.web_compatible, EXCLUDED.fingerprints,
+                   EXCLUDED.video_metadata)
+            RETURNING id, source_key
+         )
+         SELECT i.source_key, p.id AS prior_id, p.removed AS prior_removed,
+                w.id AS written_id
+         FROM input i
+         LEFT JOIN prior p ON p.source_key = i.source_key
+         LEFT JOIN written w ON w.source_key = i.source_key
+         ORDER BY i.ord",
+    )
+    .bind(location_id)
+    .bind(&work_ids)
+    .bind(&source_keys)
+    .bind(&filenames)
+    .bind(&sizes)
+    .bind(&modified)
+    .bind(&durations)
+    .bind(&widths)
+    .bind(&heights)
+    .bind(&video_codecs)
+    .bind(&audio_codecs)
+    .bind(&containers)
+    .bind(&web)
+    .bind(&fingerprints)
+    .bind(&metadata)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    rows.into_iter()
+        .map(|r| video_change(&r.source_key, r.prior_id, r.prior_removed, r.written_id))
+        .collect()
+}
+
+/// One row of `upsert_videos`' statement: what the row was before it, and what it wrote.
+#[derive(sqlx::FromRow)]
+struct UpsertedVideo {
+    source_key: String,
+    prior_id: Option<i64>,
+    prior_removed: Option<bool>,
+    written_id: Option<i64>,
+}
+
+fn video_change(
+    source_key: &str,
+    prior_id: Option<i64>,
+    prior_removed: Option<bool>,
+    written_id: Option<i64>,
+) -> Result<(i64, VideoChange), DbError> {
+    match (prior_id, prior_removed, written_id) {
+        (None, _, Some(id)) => Ok((id, VideoChange::Created)),
+        (Some(_), Some(true), Some(id)) => Ok((id, VideoChange::Restored)),
+        (Some(_), _, Some(id)) => Ok((id, VideoChange::Updated)),
+        (Some(id), _, None) => Ok((id, VideoChange::Unchanged)),
+        // Neither there before nor written: another transaction inserted the same key
+        // after our snapshot. Scans of one location hold a lock, so this is a bug elsewhere.
+        (None, _, None) => Err(DbError::Conflict(format!(
+            "the video {source_key:?} was written by someone else during the scan"
+        ))),
+    }
 }

@@ -53,6 +53,15 @@ impl DbError {
             _ => Self::Sqlx(err),
         }
     }
+
+    /// Whether Postgres chose this transaction as a deadlock's victim: it rolled back and
+    /// may simply be run again.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            Self::Sqlx(sqlx::Error::Database(db)) => db.code().as_deref() == Some("40P01"),
+            _ => false,
+        }
+    }
 }
 
 /// Connects to the catalog, creating the database if it does not exist yet and applying
