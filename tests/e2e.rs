@@ -105,10 +105,16 @@ async fn two_instances_federate_a_library_and_stream_it() -> anyhow::Result<()> 
     titles_b.sort_unstable();
     assert_eq!(titles_a, titles_b);
 
-    // Rescanning A from B reads only what changed since (incremental sync): nothing.
+    // Rescanning A from B reads only what changed since (incremental sync), and changes
+    // nothing. Rows A wrote within the cursor's one-second overlap of B's first scan are
+    // sent again (see `sync::`, which checks exact counts), so only a bound is asserted
+    // on what was seen.
     let resynced = b.scan(peer).await?;
-    assert_eq!(counts(&resynced, "videos"), [0, 0, 0, 0], "{resynced}");
-    assert_eq!(counts(&resynced, "works"), [0, 0, 0, 0], "{resynced}");
+    for group in ["videos", "works"] {
+        let [seen, added, updated, removed] = counts(&resynced, group);
+        assert_eq!([added, updated, removed], [0, 0, 0], "{resynced}");
+        assert!((0..=3).contains(&seen), "{resynced}");
+    }
     assert_eq!(b.all_works().await?.len(), 3);
 
     // A range of one of A's videos, read through B, is exactly those bytes of A's file.
