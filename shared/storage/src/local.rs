@@ -16,9 +16,10 @@ use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-/// Bytes read from disk per chunk of a streamed body: large enough for few system calls,
-/// small enough that many concurrent streams hold little memory.
-const CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read from disk per chunk of a streamed body: each read is a trip through tokio's
+/// blocking pool, so larger chunks mean fewer trips. 256 KiB against 64 KiB measured +20 %
+/// for 1 MiB ranges (bench/stream.sh) for 18 MiB more resident memory with 32 streams.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Why a file could not be opened. Messages name paths: they are for logs, not clients.
 #[derive(Debug, thiserror::Error)]
