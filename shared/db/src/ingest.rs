@@ -13,7 +13,6 @@
 use crate::DbError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 
@@ -219,63 +218,10 @@ pub async fn upsert_video(
     conn: &mut PgConnection,
     video: &FoundVideo<'_>,
 ) -> Result<(i64, VideoChange), DbError> {
-    // `prior` reads the snapshot from before the statement, so it tells what the row was;
-    // `written` returns a row only when the insert or the update happened.
-    let (prior_id, prior_removed, written_id): (Option<i64>, Option<bool>, Option<i64>) =
-        sqlx::query_as(
-            "WITH prior AS (
-                SELECT id, removed_at IS NOT NULL AS removed FROM videos
-                WHERE storage_location_id = $2 AND source_key = $3
-             ), written AS (
-                INSERT INTO videos (work_id, storage_location_id, source_key, filename,
-                    file_size, modified_at, duration, width, height, video_codec,
-                    audio_codec, container, web_compatible, fingerprints, video_metadata)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-                ON CONFLICT ON CONSTRAINT videos_location_source_key DO UPDATE SET
-                    work_id = EXCLUDED.work_id, filename = EXCLUDED.filename,
-                    file_size = EXCLUDED.file_size, modified_at = EXCLUDED.modified_at,
-                    duration = EXCLUDED.duration, width = EXCLUDED.width,
-                    height = EXCLUDED.height, video_codec = EXCLUDED.video_codec,
-                    audio_codec = EXCLUDED.audio_codec, container = EXCLUDED.container,
-                    web_compatible = EXCLUDED.web_compatible,
-                    fingerprints = EXCLUDED.fingerprints,
-                    video_metadata = EXCLUDED.video_metadata,
-                    removed_at = NULL, updated_at = now()
-                WHERE videos.removed_at IS NOT NULL
-                   OR (videos.work_id, videos.filename, videos.file_size, videos.modified_at,
-                       videos.duration, videos.width, videos.height, videos.video_codec,
-                       videos.audio_codec, videos.container, videos.web_compatible,
-                       videos.fingerprints, videos.video_metadata)
-                      IS DISTINCT FROM
-                      (EXCLUDED.work_id, EXCLUDED.filename, EXCLUDED.file_size,
-                       EXCLUDED.modified_at, EXCLUDED.duration, EXCLUDED.width,
-                       EXCLUDED.height, EXCLUDED.video_codec, EXCLUDED.audio_codec,
-                       EXCLUDED.container, EXCLUDED.web_compatible, EXCLUDED.fingerprints,
-                       EXCLUDED.video_metadata)
-                RETURNING id
-             )
-             SELECT (SELECT id FROM prior), (SELECT removed FROM prior),
-                    (SELECT id FROM written)",
-        )
-        .bind(video.work_id)
-        .bind(video.storage_location_id)
-        .bind(video.source_key)
-        .bind(video.filename)
-        .bind(video.file_size)
-        .bind(video.modified_at)
-        .bind(video.duration)
-        .bind(video.width)
-        .bind(video.height)
-        .bind(video.video_codec)
-        .bind(video.audio_codec)
-        .bind(video.container)
-        .bind(video.web_compatible)
-        .bind(Json(video.fingerprints))
-        .bind(Json(video.video_metadata))
-        .fetch_one(&mut *conn)
-        .await?;
-
-    video_change(video.source_key, prior_id, prior_removed, written_id)
+    let saved = upsert_videos(conn, video.storage_location_id, std::slice::from_ref(video)).await?;
+    saved.into_iter().next().ok_or_else(|| {
+        DbError::Conflict(format!("the video {:?} was not written", video.source_key))
+    })
 }
 
 /// Gives a video a new source key, its file having moved within the location: it keeps
@@ -624,8 +570,8 @@ pub async fn upsert_videos(
     let fingerprints: Vec<String> = videos.iter().map(|v| v.fingerprints.to_string()).collect();
     let metadata: Vec<String> = videos.iter().map(|v| v.video_metadata.to_string()).collect();
 
-    // The same statement as `upsert_video`'s, over every row: `prior` reads the snapshot
-    // from before the statement, `written` returns only rows inserted or changed.
+    // `prior` reads the snapshot from before the statement, `written` returns only rows
+    // inserted or changed.
     let rows: Vec<UpsertedVideo> = sqlx::query_as(
         "WITH input AS (
             SELECT * FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[],
