@@ -117,15 +117,7 @@ impl Bucket<'_> {
                 return Err(ScanFailure::ProbeTool { program, reason: source.to_string() });
             }
             Err(err) => {
-                // ffprobe reads over HTTP here: a failed transfer is no verdict on the
-                // object, and is tried again by the next scan.
-                let message = err.to_string();
-                let transfer = ["Server returned", "Connection", "Input/output error", "timed out"]
-                    .iter()
-                    .any(|sign| message.contains(sign));
-                if !transfer {
-                    unindexable.remember(scan, now, &err).await?;
-                }
+                unindexable.remember(scan, now, &err).await?;
                 return keep_or_skip(scan, &object.key, present, &err.to_string(), tally).await;
             }
         };

@@ -162,15 +162,16 @@ impl Unindexable {
         Some(format!("{} (unchanged since an earlier scan; not probed again)", before.reason))
     }
 
-    /// Remembers a failure that says something about the file itself; a timeout may be
-    /// the machine's load rather than the file, so it is tried again by the next scan.
+    /// Remembers a failure that says something about the file itself. A timeout may be the
+    /// machine's load, and a failed transfer (bucket objects are read over HTTP) the
+    /// network, rather than the file: those are tried again by the next scan.
     pub async fn remember(
         &mut self,
         scan: &ScanContext<'_>,
         mut file: ingest::UnindexableFile,
         err: &ProbeError,
     ) -> Result<(), ScanFailure> {
-        if matches!(err, ProbeError::TimedOut(_)) {
+        if !err.is_about_the_file() {
             return Ok(());
         }
         file.reason = err.to_string();

@@ -39,6 +39,20 @@ pub(crate) enum ProbeError {
     NoVideo,
 }
 
+impl ProbeError {
+    /// Whether the failure is a verdict on the file, not on the machine or the network.
+    /// ffmpeg's own words are the only sign of a failed HTTP transfer.
+    pub(crate) fn is_about_the_file(&self) -> bool {
+        const TRANSFER: [&str; 4] =
+            ["Server returned", "Connection", "Input/output error", "timed out"];
+        match self {
+            Self::Spawn { .. } | Self::TimedOut(_) => false,
+            Self::Failed(message) => !TRANSFER.iter().any(|sign| message.contains(sign)),
+            Self::Unreadable(_) | Self::NoVideo => true,
+        }
+    }
+}
+
 /// Longest ffprobe error message kept in a skip reason.
 const MAX_MESSAGE_CHARS: usize = 300;
 
