@@ -2,6 +2,7 @@
 
 mod browser;
 mod federation_keys;
+mod hot_rows;
 mod peer_faults;
 mod ratelimit;
 mod s3;

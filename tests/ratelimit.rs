@@ -170,3 +170,62 @@ async fn every_federated_request_is_audited_with_what_it_sent() -> anyhow::Resul
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     a.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_urls_spend_their_keys_stream_quota_and_are_audited() -> anyhow::Result<()> {
+    let library = tempfile::tempdir()?;
+    let codecs = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"];
+    make_video(&library.path().join("Signed.mp4"), &codecs, 1)?;
+    let a = Instance::start_with_rate_limits("A", 100, 3).await?;
+    let folder = a.add_local_location("films", library.path()).await?;
+    a.scan(folder).await?;
+    let video_id = a.all_works().await?[0]["videos"][0]["id"].as_i64().context("id")?;
+    let (key_id, key) = member_key(&a, "player").await?;
+
+    // Asking for the URL is one stream call; each fetch of it, with no key, is another.
+    let path = format!("/api/v1/videos/{video_id}/stream_url");
+    let signed = call(&a, &a.base, Method::POST, &path, &key).await?;
+    let signed = expect_json(signed, StatusCode::OK).await?;
+    let url = a.url(signed["url"].as_str().context("url")?);
+    let fetch = || a.http.get(url.clone()).header(header::RANGE, "bytes=0-9").send();
+    let first = fetch().await?;
+    assert_eq!(first.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(header_of(&first, "ratelimit").starts_with("\"stream\";r=1;"), "{first:?}");
+    assert_eq!(first.bytes().await?.len(), 10);
+
+    // A forged signature names the key but spends nothing of its quota, and is refused.
+    let mut forged = url.clone();
+    let query = url.query().context("query")?.replace("signature=", "signature=00");
+    forged.set_query(Some(&query));
+    for _ in 0..3 {
+        let refused = a.http.get(forged.clone()).send().await?;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(refused.headers().get("ratelimit").is_none());
+    }
+
+    let second = fetch().await?;
+    assert_eq!(second.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(header_of(&second, "ratelimit").starts_with("\"stream\";r=0;"));
+    assert_eq!(second.bytes().await?.len(), 10);
+    let limited = fetch().await?;
+    let body = expect_json(limited, StatusCode::TOO_MANY_REQUESTS).await?;
+    assert_eq!(body["code"], "rate-limited", "{body}");
+    // The key's other stream calls share the quota.
+    let stream = format!("/api/v1/videos/{video_id}/stream");
+    let direct = call(&a, &a.base, Method::HEAD, &stream, &key).await?;
+    assert_eq!(direct.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let query = format!("key_id={key_id}&action=stream.video_signed");
+    let page = audit_page(&a, &query, 3).await?;
+    assert_eq!(page["pagination"]["total_count"], 3, "{page}");
+    let seen: Vec<(i64, i64)> = page["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .rev()
+        .map(|e| (e["status"].as_i64().unwrap_or(0), e["bytes_sent"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(seen[..2], [(206, 10), (206, 10)], "{page}");
+    assert_eq!(seen[2].0, 429, "{page}");
+    a.stop().await
+}

@@ -1,11 +1,13 @@
 //! Range requests and validators (RFC 9110 §13, §14), checked case by case against every
-//! kind of storage a video can live in: each case is sent for a local video of A, and for
-//! the same video proxied by B from A, and must get the same status, headers and bytes.
+//! kind of storage a video can live in: each case is sent for a local video of A, for the
+//! same file in a bucket of A, and for A's local video proxied by B, and must get the same
+//! status, headers and bytes.
 
 use crate::{VP9_OPUS, find_video};
 use anyhow::{Context, ensure};
 use reqwest::{Method, StatusCode, header};
 use velour_core::Permissions;
+use velour_tests::s3::S3Server;
 use velour_tests::{Instance, make_video};
 
 const NAME: &str = "Range Test (2020).webm";
@@ -224,7 +226,8 @@ async fn check(source: &Source<'_>, case: &Case, original: &[u8]) -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn range_and_validator_cases_answer_alike_for_local_and_peer_videos() -> anyhow::Result<()> {
+async fn range_and_validator_cases_answer_alike_for_local_bucket_and_peer_videos()
+-> anyhow::Result<()> {
     let library = tempfile::tempdir()?;
     make_video(&library.path().join(NAME), VP9_OPUS, 2)?;
     let original = std::fs::read(library.path().join(NAME))?;
@@ -239,22 +242,41 @@ async fn range_and_validator_cases_answer_alike_for_local_and_peer_videos() -> a
     let peer = b.add_peer_location("A", &a, &key_for_b).await?;
     b.scan(peer).await?;
 
-    let local_id = find_video(&a.all_works().await?, NAME)?["id"].as_i64().context("id")?;
+    // The same file in a bucket of A, under the same name.
+    let server = S3Server::start().await?;
+    server.create_bucket("films").await?;
+    server.put("films", NAME, original.clone()).await?;
+    let config = server.location_config("films", "");
+    let body =
+        serde_json::json!({ "name": "bucket", "storage_type": "s3", "configuration": config });
+    let bucket = a.post_json("/api/v1/admin/storage_locations", &body, StatusCode::CREATED).await?;
+    a.scan(bucket["id"].as_i64().context("bucket id")?).await?;
+
+    let of_type = |works: &[serde_json::Value], kind: &str| -> anyhow::Result<i64> {
+        works
+            .iter()
+            .flat_map(|w| w["videos"].as_array().into_iter().flatten())
+            .find(|v| v["storage_type"] == kind && v["filename"].as_str() == Some(NAME))
+            .and_then(|v| v["id"].as_i64())
+            .with_context(|| format!("no {kind} video named {NAME}"))
+    };
+    let works_of_a = a.all_works().await?;
     let remote_id = find_video(&b.all_works().await?, NAME)?["id"].as_i64().context("id")?;
-    // TODO(#4): S3 rows (a video in a bucket) join this table once the S3 harness lands.
     let sources = [
-        Source { label: "local", instance: &a, video_id: local_id },
+        Source { label: "local", instance: &a, video_id: of_type(&works_of_a, "local")? },
+        Source { label: "s3", instance: &a, video_id: of_type(&works_of_a, "s3")? },
         Source { label: "peer", instance: &b, video_id: remote_id },
     ];
 
-    let path = format!("/api/v1/videos/{local_id}/stream");
-    let probe = a.admin(Method::HEAD, &path).send().await?;
-    let etag = probe.headers()[header::ETAG].to_str()?.to_owned();
-    let modified = probe.headers()[header::LAST_MODIFIED].to_str()?.to_owned();
-    ensure!(etag.starts_with('"'), "the ETag is not strong: {etag}");
-
     let mut failures = Vec::new();
     for source in &sources {
+        // Each store has validators of its own (a bucket's ETag is the object's).
+        let path = format!("/api/v1/videos/{}/stream", source.video_id);
+        let probe = source.instance.admin(Method::HEAD, &path).send().await?;
+        ensure!(probe.status() == StatusCode::OK, "{}: HEAD {}", source.label, probe.status());
+        let etag = probe.headers()[header::ETAG].to_str()?.to_owned();
+        let modified = probe.headers()[header::LAST_MODIFIED].to_str()?.to_owned();
+        ensure!(etag.starts_with('"'), "{}: the ETag is not strong: {etag}", source.label);
         for case in cases(original.len(), &etag, &modified) {
             if let Err(e) = check(source, &case, &original).await {
                 failures.push(format!(

@@ -34,6 +34,7 @@ use poem::web::headers::{Authorization, HeaderMapExt};
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::payload::Json;
 use std::time::Duration;
+use velour_core::signing::signed_grant;
 use velour_db::audit::AuditEntry;
 use velour_db::keys::AuthenticatedKey;
 
@@ -87,9 +88,8 @@ pub struct Action {
 }
 
 /// Names the federated operation a request calls; `None` for anything else (the admin API,
-/// documents, health checks, signed URLs, unknown routes).
-// TODO(#5): signed stream URLs (`/stream/signed`, key id in the query) are neither limited
-// nor audited yet; their key is known only once the signature is checked.
+/// documents, health checks, unknown routes). A signed stream URL counts against the
+/// quota of the key it was issued to (see `FederationEndpoint::key_of`).
 pub fn classify(method: &Method, path: &str) -> Option<Action> {
     let rest = path.strip_prefix("/api/v1/")?;
     let segments: Vec<&str> = rest.split('/').collect();
@@ -102,6 +102,9 @@ pub fn classify(method: &Method, path: &str) -> Option<Action> {
         (["videos", "search"], "GET") => ("catalog.search_videos", Quota::Catalog, None),
         (["videos", id], "GET") => ("catalog.get_video", Quota::Catalog, Some(*id)),
         (["videos", id, "stream"], "GET" | "HEAD") => ("stream.video", Quota::Stream, Some(*id)),
+        (["videos", id, "stream", "signed"], "GET" | "HEAD") => {
+            ("stream.video_signed", Quota::Stream, Some(*id))
+        }
         (["videos", id, "thumbnail"], _) if get => ("stream.thumbnail", Quota::Stream, Some(*id)),
         (["videos", id, "stream_url"], "POST") => ("stream.signed_url", Quota::Stream, Some(*id)),
         _ => return None,
@@ -247,11 +250,20 @@ impl<E: Endpoint> FederationEndpoint<E> {
         self.inner.call(req).await.map(IntoResponse::into_response)
     }
 
-    /// The key a request presents, if it is known and active. Parsed exactly as the
-    /// operations' `Bearer` scheme parses it, so both see the same key.
-    async fn key_of(&self, req: &Request) -> Option<AuthenticatedKey> {
-        let bearer = req.headers().typed_get::<Authorization<Bearer>>()?;
-        match velour_db::keys::authenticate(&self.state.pool, bearer.token().trim()).await {
+    /// The key a request presents, if it is known and active: the one in `Authorization`,
+    /// or for a signed stream URL the key it was issued to, once the signature holds (a
+    /// forged URL must not spend another key's quota). Parsed exactly as the operations
+    /// parse them, so both see the same key.
+    async fn key_of(&self, req: &Request, action: &Action) -> Option<AuthenticatedKey> {
+        let state = &self.state;
+        let found = if action.name == SIGNED_STREAM {
+            let key_id = self.signed_key_id(req, action)?;
+            velour_db::keys::find_usable_key(&state.pool, key_id).await
+        } else {
+            let bearer = req.headers().typed_get::<Authorization<Bearer>>()?;
+            velour_db::keys::authenticate(&state.pool, bearer.token().trim()).await
+        };
+        match found {
             // A refused key (expired, revoked, of an inactive connection) is not counted:
             // the operation looks it up again and answers the refusal itself.
             Ok(found) => found.ok(),
@@ -262,7 +274,19 @@ impl<E: Endpoint> FederationEndpoint<E> {
             }
         }
     }
+
+    /// The id of the key a signed URL was issued to, if its signature is good and current.
+    fn signed_key_id(&self, req: &Request, action: &Action) -> Option<i64> {
+        let video_id = action.target.as_deref()?.parse().ok()?;
+        let (grant, signature) = signed_grant(req.uri().query(), video_id).ok()??;
+        let signer = self.state.url_signer.as_ref()?;
+        signer.verify(grant, &signature, Utc::now().timestamp()).ok()?;
+        Some(grant.key_id)
+    }
 }
+
+/// The action of a signed stream URL, whose key is named in the query.
+const SIGNED_STREAM: &str = "stream.video_signed";
 
 impl<E: Endpoint> Endpoint for FederationEndpoint<E> {
     type Output = Response;
@@ -271,7 +295,7 @@ impl<E: Endpoint> Endpoint for FederationEndpoint<E> {
         let Some(action) = classify(req.method(), req.uri().path()) else {
             return self.pass(req).await;
         };
-        let Some(key) = self.key_of(&req).await else {
+        let Some(key) = self.key_of(&req, &action).await else {
             return self.pass(req).await;
         };
         req.extensions_mut().insert(PreAuthenticated(key.clone()));
@@ -358,7 +382,9 @@ mod tests {
         assert_eq!(classify(&get, "/api/v1/videos/search").unwrap().name, "catalog.search_videos");
         assert_eq!(classify(&get, "/api/v1/videos/3").unwrap().quota, Quota::Catalog);
         assert_eq!(classify(&get, "/api/v1/admin/storage_locations"), None);
-        assert_eq!(classify(&get, "/api/v1/videos/3/stream/signed"), None);
+        let signed = classify(&Method::HEAD, "/api/v1/videos/3/stream/signed").unwrap();
+        assert_eq!((signed.name, signed.quota), ("stream.video_signed", Quota::Stream));
+        assert_eq!(classify(&Method::POST, "/api/v1/videos/3/stream/signed"), None);
         assert_eq!(classify(&get, "/healthz"), None);
         assert_eq!(classify(&Method::DELETE, "/api/v1/works"), None);
     }

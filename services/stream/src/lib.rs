@@ -34,6 +34,7 @@ use velour_core::settings::{
 use velour_core::signing::UrlSigner;
 use velour_db::DbError;
 use velour_db::catalog::VideoRow;
+use velour_db::hot::HotRows;
 use velour_db::locations::LocationWithSecrets;
 use velour_db::secrets::SecretsCipher;
 use velour_storage::{AssetStore, RangeSet};
@@ -74,6 +75,8 @@ pub struct StreamState {
     s3_clients: s3::S3Clients,
     /// Opens the secrets of locations.
     secrets: SecretsCipher,
+    /// Keys and locations kept in memory between requests.
+    hot: HotRows,
 }
 
 impl StreamState {
@@ -81,7 +84,8 @@ impl StreamState {
         let http = velour_peer::http_client(&peer).context("could not build the peer client")?;
         let s3_clients = s3::S3Clients::default();
         let secrets = SecretsCipher::default();
-        Ok(Self { pool, http, peer, signer: None, assets, s3_clients, secrets })
+        let hot = HotRows::start(&pool);
+        Ok(Self { pool, http, peer, signer: None, assets, s3_clients, secrets, hot })
     }
 
     /// Accepts signed stream URLs checked with `signer`.
@@ -188,13 +192,11 @@ pub(crate) async fn authorized_video(
 
     let video =
         velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
-    let location = velour_db::locations::get_location_with_secrets(
-        &state.pool,
-        &state.secrets,
-        video.storage_location_id,
-    )
-    .await
-    .map_err(not_found_or_internal)?;
+    let location = state
+        .hot
+        .location(&state.pool, &state.secrets, video.storage_location_id)
+        .await
+        .map_err(not_found_or_internal)?;
     Ok((video, location))
 }
 
@@ -234,12 +236,8 @@ async fn serve_from_another_source(
             }
         };
     for other in others {
-        let location = velour_db::locations::get_location_with_secrets(
-            &state.pool,
-            &state.secrets,
-            other.storage_location_id,
-        )
-        .await;
+        let location =
+            state.hot.location(&state.pool, &state.secrets, other.storage_location_id).await;
         let Ok(location) = location else {
             continue;
         };

@@ -2,8 +2,8 @@
 //! body is streamed through a chunk at a time, never held whole.
 
 use crate::error::StreamError;
-use crate::header_str;
 use crate::metered::MeteredStream;
+use crate::{header_str, requested_ranges};
 use poem::http::{HeaderMap, Method, StatusCode, header};
 use poem::{Body, Request, Response};
 use std::collections::HashMap;
@@ -15,7 +15,10 @@ use velour_storage::s3::aws_sdk_s3::Client;
 use velour_storage::s3::aws_sdk_s3::operation::get_object::GetObjectOutput;
 use velour_storage::s3::aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 use velour_storage::s3::{S3Error, S3Settings};
-use velour_storage::{ByteRange, ContentRange, Validators, unsatisfied_content_range};
+use velour_storage::{
+    ByteRange, ContentRange, Multipart, RangePlan, RangeSet, ResolvedRange, Unsatisfiable,
+    Validators, unsatisfied_content_range,
+};
 
 /// Bytes read from the object per chunk of the streamed body.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -72,22 +75,22 @@ pub(crate) async fn serve(
         content_type: crate::video_content_type(video),
         location_id,
     };
-    // Several ranges are answered with the whole object (§14.2 allows it; S3 would do the
-    // same): only a single range is asked of the store.
-    let mut range = header_str(req.headers(), &header::RANGE).and_then(ByteRange::parse);
+    let headers = req.headers();
+    let mut ranges = requested_ranges(headers);
 
     if req.method() == Method::HEAD {
-        return head(&object, range, req.headers()).await;
+        return head(&object, ranges, headers).await;
     }
 
-    // A conditional request is decided against the object's current validators, read
-    // first with `HeadObject` (§13.2.2). The range is then read on the condition that the
-    // object is still that one, so a range is never cut from a newer version than the one
-    // `If-Range` named (§13.1.5).
+    // A conditional request, or one for several ranges, is decided against the object's
+    // current validators and size, read first with `HeadObject` (§13.2.2). What is then
+    // read is asked on the condition that the object is still that one (`If-Match`), so a
+    // range is never cut from a newer version than the one decided on (§13.1.5).
+    let several = ranges.as_ref().is_some_and(|set| set.single().is_none());
+    let mut range = ranges.as_ref().and_then(RangeSet::single);
     let mut expected_etag = None;
-    if is_conditional(req.headers()) {
-        let (_, validators) = object.validators().await?;
-        let headers = req.headers();
+    if several || is_conditional(headers) {
+        let (size, validators) = object.validators().await?;
         check_preconditions(&validators, headers)?;
         let if_none_match = header_str(headers, &header::IF_NONE_MATCH);
         let if_modified_since = header_str(headers, &header::IF_MODIFIED_SINCE);
@@ -95,7 +98,25 @@ pub(crate) async fn serve(
             return Ok(not_modified(&validators));
         }
         if !validators.range_is_current(header_str(headers, &header::IF_RANGE)) {
+            ranges = None;
             range = None;
+        }
+        // S3 answers several ranges with the whole object, so they are planned here as
+        // for a local file: merged into one ranged read when they touch, otherwise one
+        // ranged read per part (at most `MAX_PARTS`) framed as `multipart/byteranges`.
+        if let Some(set) = ranges.as_ref().filter(|set| set.single().is_none()) {
+            match set.resolve(size) {
+                Err(Unsatisfiable) => {
+                    return Err(StreamError::RangeNotSatisfiable { size: Some(size) });
+                }
+                Ok(RangePlan::Full) => range = None,
+                Ok(RangePlan::Single(span)) => {
+                    range = Some(ByteRange::Closed { first: span.start, last: span.end });
+                }
+                Ok(RangePlan::Multipart(parts)) => {
+                    return Ok(multipart(&object, parts, size, &validators, video.id));
+                }
+            }
         }
         if range.is_some() {
             expected_etag = Some(validators.etag().to_owned());
@@ -222,11 +243,11 @@ fn not_modified(validators: &Validators) -> Response {
         .finish()
 }
 
-/// HEAD: the object's size and validators from `HeadObject`, the conditions and the range
+/// HEAD: the object's size and validators from `HeadObject`, the conditions and the ranges
 /// decided against them here, as GET would.
 async fn head(
     object: &Object<'_>,
-    range: Option<ByteRange>,
+    ranges: Option<RangeSet>,
     headers: &HeaderMap,
 ) -> Result<Response, StreamError> {
     let (size, validators) = object.validators().await?;
@@ -237,23 +258,109 @@ async fn head(
         return Ok(not_modified(&validators));
     }
     let if_range = header_str(headers, &header::IF_RANGE);
-    let range = range.filter(|_| validators.range_is_current(if_range));
-
-    let span = match range.map(|r| r.resolve(size)) {
-        Some(Err(_)) => return Err(StreamError::RangeNotSatisfiable { size: Some(size) }),
-        Some(Ok(span)) => span,
-        None => None,
+    let plan = match ranges.filter(|_| validators.range_is_current(if_range)) {
+        Some(set) => set
+            .resolve(size)
+            .map_err(|Unsatisfiable| StreamError::RangeNotSatisfiable { size: Some(size) })?,
+        None => RangePlan::Full,
     };
-    let (length, content_range) = match span {
-        Some(span) => (span.len(), Some(span.content_range(size))),
-        None => (size, None),
-    };
-    let head = ObjectHead {
+    let head = |length| ObjectHead {
         length,
         etag: Some(validators.etag().to_owned()),
         last_modified: Some(validators.last_modified()),
     };
-    Ok(headers_for(object.content_type, &head, content_range).body(Body::empty()))
+    let response = match plan {
+        RangePlan::Full => headers_for(object.content_type, &head(size), None),
+        RangePlan::Single(span) => {
+            headers_for(object.content_type, &head(span.len()), Some(span.content_range(size)))
+        }
+        RangePlan::Multipart(parts) => {
+            let multipart = Multipart::new(parts, object.content_type, size);
+            multipart_headers(&multipart, &validators)
+        }
+    };
+    Ok(response.body(Body::empty()))
+}
+
+/// The status and headers of a `multipart/byteranges` answer.
+fn multipart_headers(multipart: &Multipart, validators: &Validators) -> poem::ResponseBuilder {
+    Response::builder()
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, multipart.content_type())
+        .header(header::CONTENT_LENGTH, multipart.content_length())
+        .header(header::ETAG, validators.etag())
+        .header(header::LAST_MODIFIED, validators.last_modified())
+}
+
+/// A `multipart/byteranges` answer whose parts are read one after another, each with its
+/// own ranged `GetObject` on the condition that the object is still the one whose
+/// validators the headers announce. An object replaced between two parts ends the body
+/// early (the client sees a short answer) rather than mixing two versions.
+fn multipart(
+    object: &Object<'_>,
+    parts: Vec<ResolvedRange>,
+    size: u64,
+    validators: &Validators,
+    video_id: i64,
+) -> Response {
+    let multipart = Multipart::new(parts, object.content_type, size);
+    let length = multipart.content_length();
+    let response = multipart_headers(&multipart, validators);
+    let reader = PartReader {
+        client: object.client.clone(),
+        bucket: object.settings.bucket.clone(),
+        key: object.key.to_owned(),
+        etag: validators.etag().to_owned(),
+        location_id: object.location_id,
+    };
+    let body = multipart.into_stream(move |part| reader.clone().read(part));
+    tracing::debug!(bytes = length, "multipart stream started");
+    response.body(Body::from_bytes_stream(MeteredStream::new(body, video_id, Some(length))))
+}
+
+/// Reads the parts of a multipart answer from one version of one object.
+#[derive(Clone)]
+struct PartReader {
+    client: Client,
+    bucket: String,
+    key: String,
+    etag: String,
+    location_id: i64,
+}
+
+impl PartReader {
+    async fn read(
+        self,
+        part: ResolvedRange,
+    ) -> std::io::Result<ReaderStream<impl tokio::io::AsyncRead + use<>>> {
+        let wanted = ByteRange::Closed { first: part.start, last: part.end };
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(wanted.to_string())
+            .if_match(&self.etag)
+            .send()
+            .await
+            .map_err(|e| {
+                let err = S3Error::from_sdk(&e);
+                tracing::warn!(location.id = self.location_id, error = %err, "part read failed");
+                std::io::Error::other(err)
+            })?;
+        let answered = got.content_range().and_then(ContentRange::parse);
+        if !answered.is_some_and(|a| a.first == part.start && a.last == part.end) {
+            tracing::error!(
+                location.id = self.location_id,
+                asked = %wanted,
+                answered = ?answered,
+                "the store sent another range than the part asked"
+            );
+            return Err(std::io::Error::other("the store sent another range than asked"));
+        }
+        Ok(ReaderStream::with_capacity(got.body.into_async_read(), CHUNK_BYTES))
+    }
 }
 
 /// The status and headers of a 200 or 206.

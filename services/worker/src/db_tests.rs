@@ -1495,20 +1495,63 @@ async fn two_schedulers_racing_claim_a_due_location_once_and_respect_its_interva
     with_database(|pool| async move {
         let id = add_peer_location_with_interval(&pool, &SecretsCipher::default()).await;
         // Created with its first rescan one interval away.
-        assert!(claim_due_rescans(&pool, 10).await.unwrap().is_empty());
+        assert!(claim_due_rescans(&pool, 10, true).await.unwrap().is_empty());
         let next = secs_to_next_scan(&pool, id).await.unwrap();
         assert!((55.0..=60.0).contains(&next), "next scan in {next} s");
 
         for _ in 0..20 {
             make_due(&pool, id).await;
-            let (a, b) = tokio::join!(claim_due_rescans(&pool, 10), claim_due_rescans(&pool, 10));
+            let (a, b) = tokio::join!(
+                claim_due_rescans(&pool, 10, true),
+                claim_due_rescans(&pool, 10, true)
+            );
             let claims = a.unwrap().len() + b.unwrap().len();
             assert_eq!(claims, 1, "a due location is claimed exactly once");
             // Claiming moved it an interval on: not due again right away.
-            assert!(claim_due_rescans(&pool, 10).await.unwrap().is_empty());
+            assert!(claim_due_rescans(&pool, 10, true).await.unwrap().is_empty());
             let next = secs_to_next_scan(&pool, id).await.unwrap();
             assert!((55.0..=60.0).contains(&next), "next scan in {next} s");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn due_peers_that_may_not_be_scanned_are_not_claimed() {
+    use velour_core::ConnectionStatus;
+    use velour_db::connections::{ConnectionKey, NewConnection, create_connection, set_status};
+    use velour_db::rescans::claim_due_rescans;
+    with_database(|pool| async move {
+        let id = add_peer_location_with_interval(&pool, &SecretsCipher::default()).await;
+        let key = ConnectionKey::Issue {
+            name: "peer",
+            permissions: velour_core::Permissions::default(),
+            expires_at: None,
+        };
+        let new = NewConnection {
+            remote_instance_url: "https://peer.example/",
+            storage_location_id: Some(id),
+            key,
+        };
+        let connection = create_connection(&pool, new).await.unwrap().0.id;
+        make_due(&pool, id).await;
+
+        // Pending: left due, not claimed.
+        assert!(claim_due_rescans(&pool, 10, true).await.unwrap().is_empty());
+        let next = secs_to_next_scan(&pool, id).await.unwrap();
+        assert!(next < 0.0, "still due, next scan in {next} s");
+
+        // Active, but federation is off: not claimed either.
+        set_status(&pool, connection, ConnectionStatus::Active, 10).await.unwrap();
+        assert!(claim_due_rescans(&pool, 10, false).await.unwrap().is_empty());
+
+        // Active with federation on: claimed at the first look.
+        assert_eq!(claim_due_rescans(&pool, 10, true).await.unwrap(), vec![id]);
+
+        // Suspended: no longer claimed when due again.
+        set_status(&pool, connection, ConnectionStatus::Suspended, 10).await.unwrap();
+        make_due(&pool, id).await;
+        assert!(claim_due_rescans(&pool, 10, true).await.unwrap().is_empty());
     })
     .await;
 }
@@ -1692,7 +1735,7 @@ async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_locatio
         let reason = "the peer refused our key on /api/v1/works (HTTP 401)";
         record_scan_outcome(&pool, id, ScanOutcome::Refused(reason)).await.unwrap();
         make_due(&pool, id).await;
-        assert!(claim_due_rescans(&pool, 10).await.unwrap().is_empty(), "not retried");
+        assert!(claim_due_rescans(&pool, 10, true).await.unwrap().is_empty(), "not retried");
         let row = velour_db::locations::get_location(&pool, id).await.unwrap();
         assert_eq!(row.rescans_halted_reason.as_deref(), Some(reason));
 
@@ -1700,7 +1743,7 @@ async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_locatio
         let row = velour_db::rescans::update_schedule(&pool, id, None).await.unwrap();
         assert_eq!((row.rescans_halted_reason, row.scan_failures), (None, 0));
         make_due(&pool, id).await;
-        assert_eq!(claim_due_rescans(&pool, 10).await.unwrap(), vec![id]);
+        assert_eq!(claim_due_rescans(&pool, 10, true).await.unwrap(), vec![id]);
 
         let row = velour_db::rescans::update_schedule(&pool, id, Some(None)).await.unwrap();
         assert_eq!((row.rescan_interval_secs, row.next_scan_at), (None, None));

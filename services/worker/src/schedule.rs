@@ -31,7 +31,7 @@ pub async fn queue_due_rescans(
     let pool = &state.pool;
     let mut queued = Vec::new();
     loop {
-        let due = claim_due_rescans(pool, CLAIM_BATCH).await?;
+        let due = claim_due_rescans(pool, CLAIM_BATCH, state.federation.enabled).await?;
         let claimed = due.len();
         for location_id in due {
             let (run, created) = scans::enqueue_scan_run(pool, location_id).await?;

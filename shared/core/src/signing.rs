@@ -91,9 +91,59 @@ impl UrlSigner {
     }
 }
 
+/// The grant and signature a signed URL's query carries, for `video_id` (the path's);
+/// `Ok(None)` when the query holds no signature at all. A parameter given twice is
+/// refused as `Invalid`: which one would the signer have seen?
+pub fn signed_grant(
+    query: Option<&str>,
+    video_id: i64,
+) -> Result<Option<(StreamGrant, String)>, SignatureError> {
+    let (mut expires, mut key_id, mut signature) = (None, None, None);
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let slot = match name.as_ref() {
+            EXPIRES_PARAM => &mut expires,
+            KEY_ID_PARAM => &mut key_id,
+            SIGNATURE_PARAM => &mut signature,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(SignatureError::Invalid);
+        }
+    }
+    let Some(signature) = signature else {
+        return Ok(None);
+    };
+    let number = |raw: Option<String>| raw.and_then(|n| n.parse::<i64>().ok());
+    let (Some(expires), Some(key_id)) = (number(expires), number(key_id)) else {
+        return Err(SignatureError::Invalid);
+    };
+    Ok(Some((StreamGrant { video_id, key_id, expires }, signature)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_query_is_read_once_and_strictly() {
+        let grant = |expires, key_id| StreamGrant { video_id: 9, key_id, expires };
+        let signed = Some((grant(100, 4), "ab".to_owned()));
+        assert_eq!(signed_grant(Some("expires=100&key_id=4&signature=ab"), 9), Ok(signed));
+        let reordered = signed_grant(Some("x=1&key_id=4&signature=ab&expires=100"), 9);
+        assert_eq!(reordered, Ok(Some((grant(100, 4), "ab".to_owned()))));
+        // No signature: not a signed request at all (and `api_key` means nothing here).
+        assert_eq!(signed_grant(None, 9), Ok(None));
+        assert_eq!(signed_grant(Some("api_key=abc&expires=100&key_id=4"), 9), Ok(None));
+        let refused = [
+            "expires=100&signature=ab",
+            "expires=soon&key_id=4&signature=ab",
+            "expires=100&key_id=4&signature=ab&signature=cd",
+            "expires=100&key_id=4&key_id=5&signature=ab",
+        ];
+        for query in refused {
+            assert_eq!(signed_grant(Some(query), 9), Err(SignatureError::Invalid), "{query}");
+        }
+    }
 
     fn signer(byte: u8) -> UrlSigner {
         UrlSigner::new(vec![byte; MIN_SECRET_BYTES]).unwrap()

@@ -7,6 +7,7 @@ pub mod assets;
 pub mod audit;
 pub mod catalog;
 pub mod connections;
+pub mod hot;
 pub mod ingest;
 pub mod keys;
 pub mod locations;

@@ -40,15 +40,26 @@ pub enum ScanOutcome<'a> {
 /// Claims up to `limit` locations whose scheduled rescan is due, moving each one's next
 /// scan an interval on, and returns their ids. Rows claimed by a concurrent caller are
 /// skipped rather than waited for, so two callers never get the same location.
-pub async fn claim_due_rescans(pool: &PgPool, limit: i64) -> Result<Vec<i64>, DbError> {
+///
+/// Peers that may not be scanned are left alone rather than claimed to fail: those whose
+/// federation connection is not active, and every peer while `federation_enabled` is
+/// false. Their next scan stays due, so the first look after the connection is activated
+/// (or federation turned on) scans them.
+pub async fn claim_due_rescans(
+    pool: &PgPool,
+    limit: i64,
+    federation_enabled: bool,
+) -> Result<Vec<i64>, DbError> {
     let ids = sqlx::query_scalar(
         "WITH due AS (
-             SELECT id FROM storage_locations
-             -- TODO(#5): skip peers whose connection is not active (or federation off);
-             -- they are claimed, fail at job time and only back off.
+             SELECT id FROM storage_locations l
              WHERE next_scan_at <= now()
                AND rescan_interval_secs IS NOT NULL
                AND rescans_halted_reason IS NULL
+               AND ($2 OR storage_type <> 'velour')
+               AND NOT EXISTS (
+                   SELECT 1 FROM federation_connections c
+                   WHERE c.storage_location_id = l.id AND c.status <> 'active')
              ORDER BY next_scan_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED
@@ -59,6 +70,7 @@ pub async fn claim_due_rescans(pool: &PgPool, limit: i64) -> Result<Vec<i64>, Db
          RETURNING l.id",
     )
     .bind(limit)
+    .bind(federation_enabled)
     .fetch_all(pool)
     .await?;
     Ok(ids)

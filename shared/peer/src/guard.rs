@@ -91,10 +91,32 @@ fn internal_v6(addr: Ipv6Addr) -> Option<&'static str> {
         Some("on a private network")
     } else if (first & 0xffc0) == 0xfe80 {
         Some("link-local (where cloud metadata services answer)")
+    } else if addr.segments()[..3] == [0x64, 0xff9b, 0x0001] {
+        // RFC 8215: NAT64 prefixes for local use only, translated inside one network.
+        Some("on a private network (local-use NAT64)")
     } else {
-        // TODO(#5): NAT64 (64:ff9b::/96) and 6to4 addresses that embed an internal IPv4
-        // address pass; a peer URL needs a DNS64 network to use them.
-        None
+        // A translator or relay turns these into the IPv4 address they carry, so they
+        // are what that address is.
+        embedded_v4(addr).and_then(internal_v4)
+    }
+}
+
+/// The IPv4 address a NAT64 (RFC 6052 well-known prefix 64:ff9b::/96) or 6to4 (RFC 3056,
+/// 2002::/16) address carries, or an IPv4-compatible one (::a.b.c.d, deprecated by RFC
+/// 4291 but still routed by some stacks).
+fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = addr.segments();
+    let from = |high: u16, low: u16| {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    match s {
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => Some(from(high, low)),
+        [0x2002, high, low, ..] => Some(from(high, low)),
+        // `::` and `::1` are handled before; anything else this short is IPv4-compatible.
+        [0, 0, 0, 0, 0, 0, high, low] => Some(from(high, low)),
+        _ => None,
     }
 }
 
@@ -157,11 +179,26 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            // NAT64 and 6to4 addresses carrying an internal IPv4 address, and local NAT64.
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:5::1",
+            "2002:c0a8:101::",
+            "::10.0.0.5",
+            "64:ff9b:1::5db8:d822",
         ];
         for addr in internal {
             assert!(refused(&guard, addr), "{addr} should be refused");
         }
-        for addr in ["93.184.216.34", "2606:2800:220:1::1", "172.32.0.1", "100.128.0.1"] {
+        let public = [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+        ];
+        for addr in public {
             assert!(!refused(&guard, addr), "{addr} should pass");
         }
     }

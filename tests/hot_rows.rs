@@ -1,0 +1,140 @@
+//! Storage locations kept in memory between stream requests (velour-db `hot`): answered
+//! from memory while their rows are unchanged, forgotten as soon as any process changes
+//! them, and never trusted while the connection that announces changes is down.
+
+use anyhow::bail;
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use velour_core::StorageType;
+use velour_db::hot::HotRows;
+use velour_db::locations::{self, NewLocation};
+use velour_db::secrets::SecretsCipher;
+use velour_tests::TestDb;
+
+async fn add_folder(pool: &PgPool, cipher: &SecretsCipher) -> anyhow::Result<i64> {
+    let new = NewLocation {
+        name: "films",
+        storage_type: StorageType::Local,
+        configuration: json!({ "path": "/srv/films" }),
+        secrets: json!({}),
+        rescan_interval_secs: None,
+    };
+    Ok(locations::create_location(pool, cipher, new).await?.id)
+}
+
+/// The folder a location names, as `hot` answers it.
+async fn path_of(hot: &HotRows, pool: &PgPool, cipher: &SecretsCipher, id: i64) -> String {
+    match hot.location(pool, cipher, id).await {
+        Ok(found) => found.location.config_str("path").unwrap_or_default().to_owned(),
+        Err(err) => format!("error: {err}"),
+    }
+}
+
+/// Waits (up to 5 s) for `done`, polling every millisecond; the time it took.
+async fn within_5s<F: Future<Output = bool>>(
+    mut done: impl FnMut() -> F,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if done().await {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("still not so after 5 s")
+}
+
+/// Moves location `id` to another folder without the trigger that announces it, as if the
+/// notification were lost: what memory answers next tells whether it was asked at all.
+async fn move_silently(pool: &PgPool, id: i64, path: &str) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("ALTER TABLE storage_locations DISABLE TRIGGER storage_locations_announce")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE storage_locations SET configuration = $2 WHERE id = $1")
+        .bind(id)
+        .bind(json!({ "path": path }))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("ALTER TABLE storage_locations ENABLE TRIGGER storage_locations_announce")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A test database with one folder location, kept by a listening `HotRows` and then moved
+/// to `/srv/moved` behind its back: `hot` still answers `/srv/films`.
+async fn kept_then_moved_silently() -> anyhow::Result<(TestDb, HotRows, i64)> {
+    let db = TestDb::create().await?;
+    let (pool, cipher) = (&db.pool, SecretsCipher::default());
+    let id = add_folder(pool, &cipher).await?;
+    let hot = HotRows::start(pool);
+    within_5s(|| async { hot.is_live() }).await?;
+    assert_eq!(path_of(&hot, pool, &cipher, id).await, "/srv/films");
+    // The row changes, but nobody says so: the answer comes from memory.
+    move_silently(pool, id, "/srv/moved").await?;
+    assert_eq!(path_of(&hot, pool, &cipher, id).await, "/srv/films", "it was not kept");
+    Ok((db, hot, id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_location_is_forgotten_when_any_connection_changes_it() -> anyhow::Result<()> {
+    let (db, hot, id) = kept_then_moved_silently().await?;
+    let (pool, cipher) = (db.pool.clone(), SecretsCipher::default());
+
+    // Any change to the table, from any connection, is announced and empties memory.
+    sqlx::query("UPDATE storage_locations SET name = 'renamed' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await?;
+    let took =
+        within_5s(|| async { path_of(&hot, &pool, &cipher, id).await == "/srv/moved" }).await?;
+    assert!(took < Duration::from_secs(1), "the change took {took:?} to arrive");
+
+    // A deleted location is not answered from memory either.
+    sqlx::query("DELETE FROM storage_locations WHERE id = $1").bind(id).execute(&pool).await?;
+    within_5s(|| async { path_of(&hot, &pool, &cipher, id).await.starts_with("error") }).await?;
+
+    drop(hot);
+    db.drop_database().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_announcements_forgets_everything_kept() -> anyhow::Result<()> {
+    let (db, hot, id) = kept_then_moved_silently().await?;
+    let (pool, cipher) = (db.pool.clone(), SecretsCipher::default());
+
+    // Cut the listening connection: changes made meanwhile could never be announced, so
+    // what was kept must go, and the location is read as the database has it.
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(cut, [true], "exactly one listening connection");
+    within_5s(|| async { path_of(&hot, &pool, &cipher, id).await == "/srv/moved" }).await?;
+
+    // It listens again and keeps locations again.
+    within_5s(|| async { hot.is_live() }).await?;
+    assert_eq!(path_of(&hot, &pool, &cipher, id).await, "/srv/moved");
+    move_silently(&pool, id, "/srv/again").await?;
+    assert_eq!(path_of(&hot, &pool, &cipher, id).await, "/srv/moved", "not kept after relisten");
+
+    drop(hot);
+    db.drop_database().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_listener_nothing_is_kept() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let (pool, cipher) = (db.pool.clone(), SecretsCipher::default());
+    let id = add_folder(&pool, &cipher).await?;
+    let hot = HotRows::disabled();
+    assert_eq!(path_of(&hot, &pool, &cipher, id).await, "/srv/films");
+    move_silently(&pool, id, "/srv/moved").await?;
+    assert_eq!(path_of(&hot, &pool, &cipher, id).await, "/srv/moved");
+    db.drop_database().await
+}
