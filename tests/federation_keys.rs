@@ -520,3 +520,84 @@ async fn the_worker_rotates_a_peer_key_that_expires_within_the_grace_window() ->
     b.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_peer_location_takes_a_new_key_by_patch() -> anyhow::Result<()> {
+    let library = tempfile::tempdir()?;
+    make_video(&library.path().join("Patched (2003).mp4"), H264_AAC, 1)?;
+    let a = Instance::start("A").await?;
+    let b = Instance::start("B").await?;
+    let folder = a.add_local_location("films", library.path()).await?;
+    a.scan(folder).await?;
+
+    // B holds a key A never issued: the scan is refused and rescans halt.
+    let peer = b.add_peer_location("A", &a, "not-a-key-of-a").await?;
+    let failed = b.scan(peer).await.expect_err("A refuses an unknown key");
+    assert!(failed.to_string().contains("401"), "{failed:#}");
+    let path = format!("/api/v1/admin/storage_locations/{peer}");
+    let location = b.get_json(&path).await?;
+    assert!(location["rescans_halted_reason"].is_string(), "{location}");
+
+    // Bad changes are refused and change nothing.
+    let patch = |body: Value| admin(&b, Method::PATCH, &path, Some(body));
+    let bad_url = json!({ "configuration": { "remote_instance_url": "ftp://a.example/" } });
+    assert_code(&patch(bad_url).await?, StatusCode::BAD_REQUEST, "invalid-configuration");
+    let no_key = json!({ "configuration": { "api_key": null } });
+    assert_code(&patch(no_key).await?, StatusCode::BAD_REQUEST, "invalid-configuration");
+    let blank = patch(json!({ "name": "" })).await?;
+    assert_eq!(blank.0, StatusCode::BAD_REQUEST, "{}", blank.1);
+    let missing = json!({ "configuration": { "api_key": "k" } });
+    let path_missing = "/api/v1/admin/storage_locations/999999";
+    let answer = admin(&b, Method::PATCH, path_missing, Some(missing)).await?;
+    assert_code(&answer, StatusCode::NOT_FOUND, "not-found");
+    let unchanged = b.get_json(&path).await?;
+    assert_eq!(unchanged["configuration"], location["configuration"]);
+    assert!(unchanged["rescans_halted_reason"].is_string(), "{unchanged}");
+
+    // The key A issues replaces the refused one; it is never shown, and rescans resume.
+    let key = a.issue_key("instance B", ALL).await?;
+    let (status, patched) = patch(json!({ "configuration": { "api_key": key } })).await?;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert!(patched["rescans_halted_reason"].is_null(), "{patched}");
+    assert_eq!(patched["scan_failures"], 0, "{patched}");
+    assert_eq!(patched["configuration"]["remote_instance_url"], a.base.as_str());
+    assert!(!patched.to_string().contains(&key), "the key is shown: {patched}");
+    b.scan(peer).await?;
+    let works = b.all_works().await?;
+    assert_eq!(works.len(), 1, "{works:?}");
+    let cursor = "SELECT sync_cursor FROM storage_locations WHERE id = $1";
+    let stored: Option<String> = sqlx::query_scalar(cursor).bind(peer).fetch_one(b.pool()).await?;
+    assert!(stored.is_some(), "a complete scan stores A's cursor");
+
+    // While a scan is queued the configuration stays; the name and schedule may change.
+    sqlx::query("INSERT INTO scan_runs (storage_location_id) VALUES ($1)")
+        .bind(peer)
+        .execute(b.pool())
+        .await?;
+    let renamed = json!({ "configuration": { "instance_name": "Renamed A" } });
+    assert_code(&patch(renamed.clone()).await?, StatusCode::CONFLICT, "scan-active");
+    let (status, body) =
+        patch(json!({ "name": "A, renamed", "rescan_interval_secs": 3600 })).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["name"].as_str(), body["rescan_interval_secs"].as_i64()),
+        (Some("A, renamed"), Some(3600))
+    );
+    sqlx::query("DELETE FROM scan_runs WHERE state = 'queued'").execute(b.pool()).await?;
+
+    // A new configuration may name another peer: the cursor of the old one is forgotten.
+    let (status, body) = patch(renamed).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["configuration"]["instance_name"], "Renamed A");
+    let stored: Option<String> = sqlx::query_scalar(cursor).bind(peer).fetch_one(b.pool()).await?;
+    assert_eq!(stored, None);
+    b.scan(peer).await?;
+    assert_eq!(b.all_works().await?.len(), 1);
+
+    // Two locations cannot share a name.
+    b.add_local_location("elsewhere", library.path()).await?;
+    let clash = patch(json!({ "name": "elsewhere" })).await?;
+    assert_eq!(clash.0, StatusCode::CONFLICT, "{}", clash.1);
+    a.stop().await?;
+    b.stop().await
+}

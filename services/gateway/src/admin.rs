@@ -17,7 +17,7 @@ use url::Url;
 use velour_core::{ConnectionStatus, Permissions, StorageType};
 use velour_db::audit::{AuditFilter, AuditRow};
 use velour_db::keys::{KeyOwner, NewKey};
-use velour_db::locations::{LocationRow, NewLocation};
+use velour_db::locations::{LocationChanges, LocationRow, NewLocation};
 use velour_db::scans::ScanRunRow;
 use velour_peer::Pagination;
 use velour_storage::s3::{S3Error, S3Settings};
@@ -87,10 +87,20 @@ pub struct NewStorageLocation {
     pub rescan_interval_secs: Option<i64>,
 }
 
-/// Changes to a storage location. Any change resumes scheduled rescans that stopped
-/// after the peer refused our key.
+/// Changes to a storage location; what is omitted stays as it is. Any change resumes
+/// scheduled rescans that stopped after the peer refused our key.
 #[derive(Debug, Object)]
 pub struct StorageLocationUpdate {
+    /// A new name.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: Option<String>,
+    /// Configuration fields to change, as on creation: the fields given replace the
+    /// stored ones (secrets included, such as a new `api_key` from a peer that refused
+    /// ours), null removes an optional one, the others keep their values; the result is
+    /// checked as a new location would be. It cannot change while a scan of the location
+    /// is queued or running (409 `scan-active`), and a peer's next scan reads its whole
+    /// catalog.
+    pub configuration: Option<BTreeMap<String, Value>>,
     /// Seconds between scheduled rescans (60 to 31536000); null stops them; omitted leaves
     /// the interval as it is.
     pub rescan_interval_secs: MaybeUndefined<i64>,
@@ -372,6 +382,40 @@ fn validate_configuration(
     }
 }
 
+/// The configuration and secrets of location `id` once `fields` are applied to them (null
+/// removes a field), checked as on creation.
+async fn changed_configuration(
+    state: &GatewayState,
+    id: i64,
+    fields: &BTreeMap<String, Value>,
+) -> Result<(Value, Value), ApiError> {
+    let current = velour_db::locations::get_location_with_secrets(&state.pool, &state.secrets, id)
+        .await
+        .map_err(|e| ApiError::from_db(e, "storage location"))?;
+    let storage_type = current
+        .location
+        .kind()
+        .ok_or_else(|| ApiError::internal(&format!("location {id} has an unknown storage type")))?;
+    let stored = [&current.location.configuration.0, &current.secrets.0];
+    let mut merged: BTreeMap<String, Value> = stored
+        .into_iter()
+        .filter_map(Value::as_object)
+        .flat_map(|object| object.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect();
+    for (field, value) in fields {
+        match value {
+            Value::Null => merged.remove(field),
+            value => merged.insert(field.clone(), value.clone()),
+        };
+    }
+
+    let (configuration, secrets) = validate_configuration(state, storage_type, &merged)?;
+    if storage_type == StorageType::S3 {
+        check_bucket(&configuration, &secrets).await?;
+    }
+    Ok((configuration, secrets))
+}
+
 /// A bucket location is reachable when `HeadBucket` succeeds with its credentials: a
 /// location that cannot be scanned is refused now rather than failing every scan later.
 async fn check_bucket(configuration: &Value, secrets: &Value) -> Result<(), ApiError> {
@@ -462,8 +506,10 @@ impl AdminApi {
         Ok(Json(location_json(row)))
     }
 
-    /// Changes a storage location's rescan schedule. Any update resumes scheduled rescans
-    /// that stopped because the peer refused our key, and forgets past failures.
+    /// Changes a storage location: its name, its configuration (a peer's new key, a
+    /// bucket's new credentials, a folder that moved) or its rescan schedule. Any update
+    /// resumes scheduled rescans that stopped because the peer refused our key, and
+    /// forgets past failures.
     #[oai(
         path = "/storage_locations/:id",
         method = "patch",
@@ -476,17 +522,24 @@ impl AdminApi {
         id: Path<i64>,
         body: Json<StorageLocationUpdate>,
     ) -> Result<Json<StorageLocation>, ApiError> {
-        let interval = match body.0.rescan_interval_secs {
+        let update = body.0;
+        let rescan_interval_secs = match update.rescan_interval_secs {
             MaybeUndefined::Undefined => None,
             MaybeUndefined::Null => Some(None),
             MaybeUndefined::Value(secs) => Some(Some(rescan_interval(secs)?)),
         };
-        // TODO(#5): let the update replace the configuration and secrets too (a new key
-        // for a peer that refused ours); today that takes a new location.
-        let row = velour_db::rescans::update_schedule(&state.pool, id.0, interval)
+        let name = update.name.as_deref().map(|name| checked_text("name", name)).transpose()?;
+        let configuration = match &update.configuration {
+            Some(fields) => Some(changed_configuration(&state, id.0, fields).await?),
+            None => None,
+        };
+
+        let changes = LocationChanges { name, configuration, rescan_interval_secs };
+        let row = velour_db::locations::update_location(&state.pool, &state.secrets, id.0, changes)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
-        tracing::info!(location.id = row.id, "location schedule updated");
+        let reconfigured = update.configuration.is_some();
+        tracing::info!(location.id = row.id, reconfigured, "location updated");
         Ok(Json(location_json(row)))
     }
 

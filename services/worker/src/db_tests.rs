@@ -1740,12 +1740,19 @@ async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_locatio
         assert_eq!(row.rescans_halted_reason.as_deref(), Some(reason));
 
         // Any change to the location resumes the schedule, one interval out.
-        let row = velour_db::rescans::update_schedule(&pool, id, None).await.unwrap();
+        let cipher = SecretsCipher::default();
+        let unchanged = velour_db::locations::LocationChanges::default();
+        let row =
+            velour_db::locations::update_location(&pool, &cipher, id, unchanged).await.unwrap();
         assert_eq!((row.rescans_halted_reason, row.scan_failures), (None, 0));
         make_due(&pool, id).await;
         assert_eq!(claim_due_rescans(&pool, 10, true).await.unwrap(), vec![id]);
 
-        let row = velour_db::rescans::update_schedule(&pool, id, Some(None)).await.unwrap();
+        let never = velour_db::locations::LocationChanges {
+            rescan_interval_secs: Some(None),
+            ..Default::default()
+        };
+        let row = velour_db::locations::update_location(&pool, &cipher, id, never).await.unwrap();
         assert_eq!((row.rescan_interval_secs, row.next_scan_at), (None, None));
     })
     .await;

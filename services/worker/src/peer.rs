@@ -37,7 +37,6 @@ pub(crate) async fn scan_peer(
     // A cursor is stored only after a complete scan of a peer that advertised incremental
     // listings. With one, an unchanged peer costs one small request: no ping, no
     // `/instance`, one page that lists nothing.
-    // TODO(#5): forget the cursor when a location's URL or key changes (no update API yet).
     if let Some(cursor) = locations::sync_cursor(pool, scan.location_id).await? {
         let listing = read_listing(scan, &client, &base_url, Some(&cursor), tally).await?;
         if let Some(next) = listing.next_cursor {

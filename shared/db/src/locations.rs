@@ -110,6 +110,91 @@ pub async fn create_location(
     .map_err(|e| DbError::conflict_or(e, "a storage location with this name already exists"))
 }
 
+/// Changes to one location, already validated by the caller; `None` leaves a field as it
+/// is.
+#[derive(Default)]
+pub struct LocationChanges<'a> {
+    pub name: Option<&'a str>,
+    /// The whole new configuration and the whole new secrets (sealed here).
+    pub configuration: Option<(Value, Value)>,
+    /// With `Some`, sets (or with `Some(None)`, clears) the rescan interval.
+    pub rescan_interval_secs: Option<Option<i32>>,
+}
+
+/// Applies `changes` to location `id`. Any update, even one that changes nothing, is a
+/// change to the location: failures are forgotten, halted rescans resume, and the next
+/// scheduled scan is one interval from now.
+///
+/// A new configuration may point at another folder, bucket or peer, so the peer's sync
+/// cursor is forgotten (the next scan reads everything), and it is refused with
+/// `scan-active` while a scan of the location is queued or running: that scan would
+/// finish with what it read from the old one.
+pub async fn update_location(
+    pool: &PgPool,
+    cipher: &SecretsCipher,
+    id: i64,
+    changes: LocationChanges<'_>,
+) -> Result<LocationRow, DbError> {
+    let (configuration, sealed) = match &changes.configuration {
+        Some((shown, secrets)) => {
+            (Some(Json(shown)), Some(Json(cipher.seal(pool, secrets).await?)))
+        }
+        None => (None, None),
+    };
+    let interval = changes.rescan_interval_secs;
+
+    let mut tx = pool.begin().await?;
+    // The row lock keeps a scan from being queued between the check and the update.
+    sqlx::query_scalar::<_, i64>("SELECT id FROM storage_locations WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(DbError::NotFound)?;
+    if configuration.is_some() {
+        let scanning: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM scan_runs
+                            WHERE storage_location_id = $1 AND state IN ('queued', 'running'))",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if scanning {
+            return Err(DbError::Refused {
+                code: "scan-active",
+                message: "a scan of this location is queued or running; change its \
+                          configuration once the scan has ended"
+                    .to_owned(),
+            });
+        }
+    }
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE storage_locations
+         SET name = coalesce($2, name),
+             configuration = coalesce($3, configuration),
+             secrets = coalesce($4, secrets),
+             sync_cursor = CASE WHEN $3 IS NULL THEN sync_cursor END,
+             rescan_interval_secs = CASE WHEN $6 THEN $5 ELSE rescan_interval_secs END,
+             next_scan_at = now() + make_interval(
+                 secs => CASE WHEN $6 THEN $5 ELSE rescan_interval_secs END),
+             scan_failures = 0,
+             rescans_halted_reason = NULL,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(changes.name)
+    .bind(configuration)
+    .bind(sealed)
+    .bind(interval.flatten())
+    .bind(interval.is_some())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| DbError::conflict_or(e, "a storage location with this name already exists"))?;
+    tx.commit().await?;
+    Ok(row)
+}
+
 pub async fn list_locations(pool: &PgPool) -> Result<Vec<LocationRow>, DbError> {
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM storage_locations ORDER BY id"

@@ -7,7 +7,6 @@
 //! queue each due scan once.
 
 use crate::DbError;
-use crate::locations::LocationRow;
 use sqlx::PgPool;
 
 /// The shortest interval between scheduled rescans, in seconds (the column's CHECK says
@@ -114,33 +113,4 @@ pub async fn record_scan_outcome(
     };
     query.execute(pool).await?;
     Ok(())
-}
-
-/// Changes a location's schedule: with `Some`, sets (or with `Some(None)`, clears) its
-/// rescan interval. Any change, even one that sets nothing, is a change to the location:
-/// failures are forgotten, halted rescans resume, and the next scan is one interval from
-/// now.
-pub async fn update_schedule(
-    pool: &PgPool,
-    location_id: i64,
-    interval_secs: Option<Option<i32>>,
-) -> Result<LocationRow, DbError> {
-    sqlx::query_as(
-        "UPDATE storage_locations
-         SET rescan_interval_secs = CASE WHEN $3 THEN $2 ELSE rescan_interval_secs END,
-             next_scan_at = now() + make_interval(
-                 secs => CASE WHEN $3 THEN $2 ELSE rescan_interval_secs END),
-             scan_failures = 0,
-             rescans_halted_reason = NULL,
-             updated_at = now()
-         WHERE id = $1
-         RETURNING id, name, storage_type, configuration, created_at, updated_at,
-                   rescan_interval_secs, next_scan_at, scan_failures, rescans_halted_reason",
-    )
-    .bind(location_id)
-    .bind(interval_secs.flatten())
-    .bind(interval_secs.is_some())
-    .fetch_optional(pool)
-    .await?
-    .ok_or(DbError::NotFound)
 }
