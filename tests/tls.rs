@@ -5,8 +5,9 @@ use crate::{H264_AAC, find_video};
 use anyhow::{Context, ensure};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use velour_core::Permissions;
 use velour_core::settings::{FederationSettings, PeerSettings};
+use velour_core::{Permissions, StorageType};
+use velour_db::locations::NewLocation;
 use velour_tests::tls::TestCa;
 use velour_tests::{Instance, expect_json, make_video};
 
@@ -115,20 +116,46 @@ async fn internal_addresses_are_refused_unless_allowed() -> anyhow::Result<()> {
     let perms = Permissions { can_read: true, can_stream: true, can_metadata: false };
     let key_for_b = a.issue_key("instance B", perms).await?;
 
-    // B allows no internal network: A, on loopback, is out of reach by address and by name.
+    // B allows no internal network: a location naming A, on loopback, by address or by
+    // name, is refused when it is added, as are other internal addresses.
     let guarded = PeerSettings { require_https: false, ..PeerSettings::default() };
     let b = Instance::start_with_peer("guard B", guarded).await?;
     let mut by_name = a.base.clone();
     by_name.set_host(Some("localhost"))?;
-    for url in [a.base.as_str(), by_name.as_str()] {
+    let internal =
+        [a.base.as_str(), by_name.as_str(), "http://10.0.0.5/", "http://[64:ff9b::a9fe:a9fe]/"];
+    for url in internal {
         let mut location = velour_location(url);
         location["configuration"]["api_key"] = json!(key_for_b);
-        let created = expect_json(
-            b.admin(Method::POST, "/api/v1/admin/storage_locations").json(&location).send().await?,
-            StatusCode::CREATED,
-        )
-        .await?;
-        let id = created["id"].as_i64().context("no id")?;
+        let created = b.admin(Method::POST, "/api/v1/admin/storage_locations").json(&location);
+        let refused = expect_json(created.send().await?, StatusCode::BAD_REQUEST).await?;
+        ensure!(refused["code"] == "internal-address", "{url}: {refused}");
+        let message = refused["error"].as_str().unwrap_or_default();
+        ensure!(message.contains("VELOUR_PEER_ALLOWED_NETWORKS"), "{url}: {refused}");
+    }
+    // A name that does not resolve from the gateway is left to the connect-time check.
+    let unresolved = velour_location("http://velour-peer.invalid/");
+    let created = b.admin(Method::POST, "/api/v1/admin/storage_locations").json(&unresolved);
+    let created = expect_json(created.send().await?, StatusCode::CREATED).await?;
+    // Changing a location to an internal address is refused the same way.
+    let path = format!("/api/v1/admin/storage_locations/{}", created["id"]);
+    let moved = json!({ "configuration": { "remote_instance_url": by_name.as_str() } });
+    let answer = b.admin(Method::PATCH, &path).json(&moved).send().await?;
+    let refused = expect_json(answer, StatusCode::BAD_REQUEST).await?;
+    ensure!(refused["code"] == "internal-address", "{refused}");
+
+    // A name may resolve elsewhere once it is stored: the worker checks every address
+    // it connects to, whatever was checked before.
+    for url in [a.base.as_str(), by_name.as_str()] {
+        let new = NewLocation {
+            name: url,
+            storage_type: StorageType::Velour,
+            configuration: json!({ "remote_instance_url": url }),
+            secrets: json!({ "api_key": key_for_b }),
+            rescan_interval_secs: None,
+        };
+        let cipher = velour_db::secrets::SecretsCipher::default();
+        let id = velour_db::locations::create_location(b.pool(), &cipher, new).await?.id;
         let err = b.scan(id).await.err().context("a scan of loopback succeeded")?.to_string();
         ensure!(err.contains("on loopback"), "{url}: {err}");
         ensure!(err.contains("VELOUR_PEER_ALLOWED_NETWORKS"), "{url}: {err}");

@@ -292,6 +292,7 @@ impl Instance {
         .await?
         .with_url_signing(signer, signing.signed_url_ttl())
         .with_federation(federation.clone())
+        .with_peer_settings(&peer)
         .with_rate_limits(rate_limits.0, rate_limits.1);
         let worker_state = velour_worker::WorkerState::new(db.pool.clone(), worker, peer, assets)
             .with_federation(federation);

@@ -351,8 +351,6 @@ fn validate_configuration(
                 return Err(invalid("configuration.remote_instance_url must not hold credentials"));
             }
             state.require_https(&url, "configuration.remote_instance_url")?;
-            // TODO(#5): an internal address (10.0.0.5, localhost) is refused only when the
-            // worker or the stream service connects; checking it here would say so at once.
             let api_key = required_str(config, "api_key")?;
             // It travels in an Authorization header: visible ASCII only.
             if !api_key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -410,10 +408,68 @@ async fn changed_configuration(
     }
 
     let (configuration, secrets) = validate_configuration(state, storage_type, &merged)?;
-    if storage_type == StorageType::S3 {
-        check_bucket(&configuration, &secrets).await?;
-    }
+    check_reachable(state, storage_type, &configuration, &secrets).await?;
     Ok((configuration, secrets))
+}
+
+/// Refuses, before it is stored, a location that could never be scanned: a bucket that
+/// does not answer, a peer whose address is internal.
+async fn check_reachable(
+    state: &GatewayState,
+    storage_type: StorageType,
+    configuration: &Value,
+    secrets: &Value,
+) -> Result<(), ApiError> {
+    match storage_type {
+        StorageType::S3 => check_bucket(configuration, secrets).await,
+        StorageType::Velour => check_peer_address(&state.peer_guard, configuration).await,
+        StorageType::Local => Ok(()),
+    }
+}
+
+/// The longest the gateway waits for a peer's name to resolve before it lets the location
+/// through to the connect-time check.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A peer URL whose host is, or only resolves to, an internal address is refused with
+/// 400 `internal-address` unless `VELOUR_PEER_ALLOWED_NETWORKS` allows it. The worker and
+/// the stream service check every address again when they connect (a name can resolve
+/// elsewhere later), so a name that does not resolve from here is let through.
+async fn check_peer_address(
+    guard: &velour_peer::AddressGuard,
+    configuration: &Value,
+) -> Result<(), ApiError> {
+    let url = configuration["remote_instance_url"].as_str().and_then(|u| Url::parse(u).ok());
+    let Some((host, port)) =
+        url.as_ref().and_then(|u| Some((u.host()?, u.port_or_known_default()?)))
+    else {
+        return Err(invalid("configuration.remote_instance_url must be http(s)://host"));
+    };
+    let addresses: Vec<std::net::IpAddr> = match host {
+        url::Host::Ipv4(v4) => vec![v4.into()],
+        url::Host::Ipv6(v6) => vec![v6.into()],
+        url::Host::Domain(name) => {
+            let lookup = tokio::net::lookup_host((name, port));
+            match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => found.map(|addr| addr.ip()).collect(),
+                Ok(Err(err)) => {
+                    tracing::info!(host = name, error = %err, "peer name does not resolve here");
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::info!(host = name, "peer name did not resolve in time");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let refusals: Vec<_> = addresses.iter().filter_map(|addr| guard.check(*addr).err()).collect();
+    match refusals.first() {
+        Some(refused) if refusals.len() == addresses.len() => {
+            Err(ApiError::bad_request("internal-address", refused.to_string()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A bucket location is reachable when `HeadBucket` succeeds with its credentials: a
@@ -468,9 +524,7 @@ impl AdminApi {
         let rescan_interval_secs = body.0.rescan_interval_secs.map(rescan_interval).transpose()?;
         let (configuration, secrets) =
             validate_configuration(&state, storage_type, &body.0.configuration)?;
-        if storage_type == StorageType::S3 {
-            check_bucket(&configuration, &secrets).await?;
-        }
+        check_reachable(&state, storage_type, &configuration, &secrets).await?;
         let new = NewLocation { name, storage_type, configuration, secrets, rescan_interval_secs };
         let row = velour_db::locations::create_location(&state.pool, &state.secrets, new)
             .await

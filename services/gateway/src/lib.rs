@@ -24,8 +24,8 @@ use std::future::Future;
 use std::time::Duration;
 use url::Url;
 use velour_core::settings::{
-    DatabaseSettings, FederationSettings, GatewaySettings, RedisSettings, SigningSettings,
-    StreamAddrSettings,
+    DatabaseSettings, FederationSettings, GatewaySettings, PeerSettings, RedisSettings,
+    SigningSettings, StreamAddrSettings,
 };
 use velour_core::signing::UrlSigner;
 use velour_db::scans::ScanRunRow;
@@ -55,6 +55,10 @@ pub struct GatewayState {
     pub audit: audit::AuditSink,
     /// Seals the secrets of new locations.
     pub secrets: velour_db::secrets::SecretsCipher,
+    /// Which internal addresses a peer location's URL may name
+    /// (`VELOUR_PEER_ALLOWED_NETWORKS`); the worker and stream service check again when
+    /// they connect.
+    pub peer_guard: velour_peer::AddressGuard,
     /// Where the works listing's pages start, remembered until the listing changes.
     pub listing: std::sync::Arc<velour_db::catalog::ListingCache>,
 }
@@ -82,6 +86,7 @@ impl GatewayState {
             rate_limiter: ratelimit::RateLimiter::new(conn.clone(), defaults.0, defaults.1),
             audit: audit::AuditSink::start(pool.clone()),
             listing: Default::default(),
+            peer_guard: velour_peer::AddressGuard::default(),
             pool,
             scans: velour_jobs::scan_storage(conn.clone()),
             connection_tests: velour_jobs::test_connection_storage(conn),
@@ -99,6 +104,12 @@ impl GatewayState {
     pub fn with_url_signing(mut self, signer: UrlSigner, ttl: Duration) -> Self {
         self.url_signer = Some(signer);
         self.signed_url_ttl = ttl;
+        self
+    }
+
+    /// Lets peer locations name the internal networks `peer` allows (none by default).
+    pub fn with_peer_settings(mut self, peer: &PeerSettings) -> Self {
+        self.peer_guard = velour_peer::AddressGuard::new(&peer.allowed_networks);
         self
     }
 
@@ -293,16 +304,23 @@ fn load_tls(gateway: &GatewaySettings) -> anyhow::Result<Option<RustlsConfig>> {
     tls_config(&cert, &key).map(Some)
 }
 
+/// What the gateway reads from its environment.
+pub struct Settings<'a> {
+    pub db: &'a DatabaseSettings,
+    pub redis: &'a RedisSettings,
+    pub gateway: &'a GatewaySettings,
+    pub stream: &'a StreamAddrSettings,
+    pub signing: &'a SigningSettings,
+    pub federation: &'a FederationSettings,
+    pub peer: &'a PeerSettings,
+}
+
 /// Connects to everything the settings name, binds, and serves until `shutdown`.
 pub async fn run(
-    db: &DatabaseSettings,
-    redis: &RedisSettings,
-    gateway: &GatewaySettings,
-    stream: &StreamAddrSettings,
-    signing: &SigningSettings,
-    federation: &FederationSettings,
+    settings: Settings<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Settings { db, redis, gateway, stream, signing, federation, peer } = settings;
     let tls = load_tls(gateway)?;
     let pool = velour_db::connect_and_migrate(db).await?;
     let stream_url = gateway.stream_base_url(stream)?;
@@ -318,6 +336,7 @@ pub async fn run(
         .await?
         .with_url_signing(signer, signing.signed_url_ttl())
         .with_federation(federation.clone())
+        .with_peer_settings(peer)
         .with_rate_limits(
             gateway.federation_rate_limit_per_hour,
             gateway.federation_stream_rate_limit_per_hour,

@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use velour_core::settings::{
-    DatabaseSettings, FederationSettings, GatewaySettings, RedisSettings, SigningSettings,
-    StreamAddrSettings,
+    DatabaseSettings, FederationSettings, GatewaySettings, PeerSettings, RedisSettings,
+    SigningSettings, StreamAddrSettings,
 };
 
 /// Velour's API gateway.
@@ -22,6 +22,8 @@ struct Cli {
     signing: SigningSettings,
     #[command(flatten)]
     federation: FederationSettings,
+    #[command(flatten)]
+    peer: PeerSettings,
 }
 
 #[tokio::main]
@@ -36,6 +38,14 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let (db, redis, gateway, stream) = (&cli.db, &cli.redis, &cli.gateway, &cli.stream);
-    velour_gateway::run(db, redis, gateway, stream, &cli.signing, &cli.federation, shutdown).await
+    let settings = velour_gateway::Settings {
+        db: &cli.db,
+        redis: &cli.redis,
+        gateway: &cli.gateway,
+        stream: &cli.stream,
+        signing: &cli.signing,
+        federation: &cli.federation,
+        peer: &cli.peer,
+    };
+    velour_gateway::run(settings, shutdown).await
 }

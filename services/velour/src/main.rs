@@ -38,6 +38,8 @@ enum Command {
         signing: SigningSettings,
         #[command(flatten)]
         federation: FederationSettings,
+        #[command(flatten)]
+        peer: PeerSettings,
     },
     /// Run a worker that takes scan jobs from Redis.
     Worker {
@@ -153,9 +155,18 @@ async fn main() -> anyhow::Result<()> {
     });
 
     match cli.command {
-        Command::Gateway { db, redis, gateway, stream, signing, federation } => {
+        Command::Gateway { db, redis, gateway, stream, signing, federation, peer } => {
             let stop = stop.cancelled_owned();
-            velour_gateway::run(&db, &redis, &gateway, &stream, &signing, &federation, stop).await
+            let settings = velour_gateway::Settings {
+                db: &db,
+                redis: &redis,
+                gateway: &gateway,
+                stream: &stream,
+                signing: &signing,
+                federation: &federation,
+                peer: &peer,
+            };
+            velour_gateway::run(settings, stop).await
         }
         Command::Worker { db, redis, worker, peer, federation, assets } => {
             let stop = stop.cancelled_owned();
@@ -198,15 +209,16 @@ async fn up(args: UpArgs, stop: CancellationToken) -> anyhow::Result<()> {
         .await
         .context("DATABASE_URL: could not open and migrate the catalog")?;
 
-    let gateway = velour_gateway::run(
-        &args.db,
-        &args.redis,
-        &args.gateway,
-        &args.stream,
-        &args.signing,
-        &args.federation,
-        stop.clone().cancelled_owned(),
-    );
+    let settings = velour_gateway::Settings {
+        db: &args.db,
+        redis: &args.redis,
+        gateway: &args.gateway,
+        stream: &args.stream,
+        signing: &args.signing,
+        federation: &args.federation,
+        peer: &args.peer,
+    };
+    let gateway = velour_gateway::run(settings, stop.clone().cancelled_owned());
     let stream = velour_stream::run(
         &args.db,
         &args.stream,

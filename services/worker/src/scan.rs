@@ -131,6 +131,9 @@ pub async fn scan_location(
 
     let counts = tally.counts();
     let message = outcome.as_ref().err().map(ToString::to_string);
+    // The schedule is moved before the run is marked finished: whoever sees the run end
+    // sees its consequence for rescans too.
+    record_schedule(state, job.storage_location_id, &outcome).await;
     let recorded = scans::finish_scan_run(pool, run_id, counts, message.as_deref()).await;
     lock.release().await;
     // The scan wrote a delta of the listed-works total per statement; fold them into one.
@@ -144,7 +147,6 @@ pub async fn scan_location(
         error!(error = %err, scan.error = message, "could not record the end of the scan");
         return Err(ScanError::Unrecorded(err));
     }
-    record_schedule(state, job.storage_location_id, &outcome).await;
     // Also after a failed scan: the videos it did index deserve their thumbnails.
     queue_thumbnails(state, job.storage_location_id).await;
     match outcome {
