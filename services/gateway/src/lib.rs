@@ -9,6 +9,7 @@ pub mod connections;
 pub mod error;
 pub mod keys;
 pub mod limits;
+pub mod payload;
 pub mod playback;
 pub mod ratelimit;
 pub mod stream;
@@ -61,6 +62,8 @@ pub struct GatewayState {
     pub peer_guard: velour_peer::AddressGuard,
     /// Where the works listing's pages start, remembered until the listing changes.
     pub listing: std::sync::Arc<velour_db::catalog::ListingCache>,
+    /// The catalog's version, announced by Postgres on every change to works or videos.
+    pub hot: velour_db::hot::HotRows,
 }
 
 impl GatewayState {
@@ -86,6 +89,7 @@ impl GatewayState {
             rate_limiter: ratelimit::RateLimiter::new(conn.clone(), defaults.0, defaults.1),
             audit: audit::AuditSink::start(pool.clone()),
             listing: Default::default(),
+            hot: velour_db::hot::HotRows::start(&pool),
             peer_guard: velour_peer::AddressGuard::default(),
             pool,
             scans: velour_jobs::scan_storage(conn.clone()),

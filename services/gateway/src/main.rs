@@ -1,5 +1,8 @@
 //! `velour-gateway`: the API gateway on its own.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use velour_core::settings::{
     DatabaseSettings, FederationSettings, GatewaySettings, PeerSettings, RedisSettings,

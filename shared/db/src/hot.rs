@@ -1,5 +1,6 @@
 //! Rows that every stream request reads and that seldom change, kept in memory between
-//! requests: storage locations, with their secrets opened.
+//! requests: storage locations, with their secrets opened; and the catalog's version, by
+//! which the gateway knows when what it derived from works and videos is still current.
 //!
 //! Any process may change those rows, so memory alone cannot know when a copy went stale.
 //! A trigger on the table announces every change with `NOTIFY` (see the migration
@@ -49,6 +50,10 @@ struct Inner {
     /// Counts the times everything was thrown away, so that a lookup that read the
     /// database before a change but finished after it does not keep what it read.
     generation: AtomicU64,
+    /// Counts the announced changes to works and videos (and the times the listener
+    /// started or stopped): what a process derived from the catalog at one count is
+    /// current while the count stays the same.
+    catalog: AtomicU64,
     /// Dropped with the last clone of `HotRows`, which ends the listener.
     _stop: Option<oneshot::Sender<()>>,
 }
@@ -80,6 +85,14 @@ impl HotRows {
     /// Whether rows are being kept (the listener is subscribed).
     pub fn is_live(&self) -> bool {
         self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// The catalog's version as this process last heard of it: it moves on every
+    /// committed change to works or videos, once the notification arrives. `None` while
+    /// nobody is listening, when nothing derived from the catalog may be reused.
+    pub fn catalog_version(&self) -> Option<u64> {
+        let version = self.inner.catalog.load(Ordering::Acquire);
+        self.is_live().then_some(version)
     }
 
     /// `locations::get_location_with_secrets`, answered from memory when it can be.
@@ -127,6 +140,7 @@ impl Inner {
             locations: Cache::builder().max_capacity(CAPACITY).time_to_live(TIME_TO_LIVE).build(),
             live: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            catalog: AtomicU64::new(0),
             _stop: stop,
         }
     }
@@ -134,6 +148,22 @@ impl Inner {
     fn forget_everything(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.locations.invalidate_all();
+        self.catalog.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Acts on one notification: its payload names the table that changed. A payload we
+    /// do not know (a newer release's table) throws everything away, to be safe.
+    fn changed(&self, table: &str) {
+        match table {
+            "works" | "videos" => {
+                self.catalog.fetch_add(1, Ordering::AcqRel);
+            }
+            "storage_locations" => {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.locations.invalidate_all();
+            }
+            _ => self.forget_everything(),
+        }
     }
 
     fn set_live(&self, live: bool) {
@@ -160,7 +190,7 @@ async fn listen(inner: Weak<Inner>, pool: PgPool, mut stop: oneshot::Receiver<()
                     };
                     let Some(held) = inner.upgrade() else { return };
                     match received {
-                        Ok(Some(_)) => held.forget_everything(),
+                        Ok(Some(notification)) => held.changed(notification.payload()),
                         Ok(None) => {
                             tracing::warn!("lost the connection announcing catalog changes");
                             held.set_live(false);

@@ -82,6 +82,7 @@ pub struct WorkVideo {
     /// `local`, `s3` or `velour` (a video this instance itself reads from a peer).
     #[serde(default)]
     pub storage_type: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -100,6 +101,7 @@ pub struct Work {
     pub rating: Option<f64>,
     #[serde(default)]
     pub organized: bool,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub videos: Vec<WorkVideo>,
@@ -147,6 +149,7 @@ pub struct Tombstone {
     /// The work a removed video was listed under.
     #[serde(default)]
     pub work_id: Option<i64>,
+    #[serde(serialize_with = "rfc3339")]
     pub removed_at: DateTime<Utc>,
 }
 
@@ -178,6 +181,7 @@ pub struct Video {
     pub fingerprints: Value,
     #[serde(default)]
     pub storage_type: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -239,6 +243,12 @@ impl std::fmt::Debug for RotatedKey {
             .field("previous_key_id", &self.previous_key_id)
             .finish_non_exhaustive()
     }
+}
+
+/// Writes an instant as poem-openapi does (`2026-12-04T09:15:00.5+00:00`), so that a body
+/// serialized by serde reads exactly as one rendered by the API's `Json` payload.
+fn rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339())
 }
 
 #[cfg(test)]
