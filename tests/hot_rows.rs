@@ -138,3 +138,76 @@ async fn without_a_listener_nothing_is_kept() -> anyhow::Result<()> {
     assert_eq!(path_of(&hot, &pool, &cipher, id).await, "/srv/moved");
     db.drop_database().await
 }
+
+/// Adds a work with one present video, in one transaction; with `announce` false, the
+/// triggers that announce changes to works and videos are off for it.
+async fn add_work(pool: &PgPool, location: i64, title: &str, announce: bool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let triggers = [("works", "works_announce"), ("videos", "videos_announce")];
+    if !announce {
+        for (table, trigger) in triggers {
+            let off = format!("ALTER TABLE {table} DISABLE TRIGGER {trigger}");
+            sqlx::query(sqlx::AssertSqlSafe(off)).execute(&mut *tx).await?;
+        }
+    }
+    let work: i64 = sqlx::query_scalar("INSERT INTO works (title) VALUES ($1) RETURNING id")
+        .bind(title)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+         VALUES ($1, $2, $3, $3, 1)",
+    )
+    .bind(work)
+    .bind(location)
+    .bind(format!("{title}.mp4"))
+    .execute(&mut *tx)
+    .await?;
+    if !announce {
+        for (table, trigger) in triggers {
+            let on = format!("ALTER TABLE {table} ENABLE TRIGGER {trigger}");
+            sqlx::query(sqlx::AssertSqlSafe(on)).execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_listings_total_is_read_once_per_catalog_version() -> anyhow::Result<()> {
+    use velour_db::PageRequest;
+    use velour_db::catalog::{ListingCache, list_works_at};
+    let db = TestDb::create().await?;
+    let pool = &db.pool;
+    let location = add_folder(pool, &SecretsCipher::default()).await?;
+    let hot = HotRows::start(pool);
+    within_5s(|| async { hot.is_live() }).await?;
+    let (cache, page) = (ListingCache::default(), PageRequest::new(None, None)?);
+
+    let before = hot.catalog_version();
+    add_work(pool, location, "First", true).await?;
+    within_5s(|| async { hot.catalog_version() != before }).await?;
+    let version = hot.catalog_version();
+    let listed = list_works_at(pool, &cache, version, page).await?;
+    assert_eq!((listed.works.len(), listed.total), (1, 1));
+
+    // A work added without a word: the page's rows are read afresh, the total is the one
+    // kept for this version.
+    add_work(pool, location, "Second", false).await?;
+    let listed = list_works_at(pool, &cache, version, page).await?;
+    assert_eq!((listed.works.len(), listed.total), (2, 1), "the total was read again");
+    // Without a version (nobody listening), nothing kept is used.
+    assert_eq!(list_works_at(pool, &cache, None, page).await?.total, 2);
+
+    // An announced change moves the version on, and the total is read again.
+    add_work(pool, location, "Third", true).await?;
+    within_5s(|| async { hot.catalog_version() != version }).await?;
+    let listed = list_works_at(pool, &cache, hot.catalog_version(), page).await?;
+    assert_eq!((listed.works.len(), listed.total), (3, 3));
+    // And the cursor handed out with it reaches back before the change.
+    let newest: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(updated_at) FROM works").fetch_one(pool).await?;
+    assert!(listed.cursor <= newest, "{} > {newest}", listed.cursor);
+
+    db.drop_database().await
+}
