@@ -1,8 +1,5 @@
 //! `velour-gateway`: the API gateway on its own.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use velour_core::settings::{
     DatabaseSettings, FederationSettings, GatewaySettings, PeerSettings, RedisSettings,

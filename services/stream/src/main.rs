@@ -1,8 +1,5 @@
 //! `velour-stream`: serves video bytes until interrupted.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use velour_stream::StreamCli;

@@ -2,9 +2,6 @@
 //! `stream`) for scaled deployments, all three in one process (`up`), plus the chores that
 //! go with them (`migrate`, `key create`).
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;

@@ -1,8 +1,5 @@
 //! `velour-worker`: runs scans queued by the gateway until interrupted.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
