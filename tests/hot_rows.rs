@@ -2,7 +2,7 @@
 //! from memory while their rows are unchanged, forgotten as soon as any process changes
 //! them, and never trusted while the connection that announces changes is down.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -143,7 +143,12 @@ async fn without_a_listener_nothing_is_kept() -> anyhow::Result<()> {
 /// triggers that announce changes to works and videos are off for it.
 async fn add_work(pool: &PgPool, location: i64, title: &str, announce: bool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    let triggers = [("works", "works_announce"), ("videos", "videos_announce")];
+    // The video's count trigger updates its work: that announces too.
+    let triggers = [
+        ("works", "works_announce_insert"),
+        ("works", "works_announce_update"),
+        ("videos", "videos_announce_insert"),
+    ];
     if !announce {
         for (table, trigger) in triggers {
             let off = format!("ALTER TABLE {table} DISABLE TRIGGER {trigger}");
@@ -204,6 +209,17 @@ async fn the_listings_total_is_read_once_per_catalog_version() -> anyhow::Result
     within_5s(|| async { hot.catalog_version() != version }).await?;
     let listed = list_works_at(pool, &cache, hot.catalog_version(), page).await?;
     assert_eq!((listed.works.len(), listed.total), (3, 3));
+    // A statement that changes no row announces nothing. Notifications arrive in commit
+    // order, so one for it would come before the one for the work changed after it.
+    let before = hot.catalog_version().context("not live")?;
+    sqlx::query("UPDATE videos SET filename = 'none' WHERE id = -1").execute(pool).await?;
+    sqlx::query("UPDATE works SET description = 'seen' WHERE title = 'First'")
+        .execute(pool)
+        .await?;
+    within_5s(|| async { hot.catalog_version() != Some(before) }).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hot.catalog_version(), Some(before + 1), "a change of nothing was announced");
+
     // And the cursor handed out with it reaches back before the change.
     let newest: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT max(updated_at) FROM works").fetch_one(pool).await?;

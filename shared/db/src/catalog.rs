@@ -126,8 +126,20 @@ struct ListingHead {
 #[derive(Default)]
 pub struct ListingCache {
     keys: tokio::sync::Mutex<Option<std::sync::Arc<ListingKeys>>>,
-    head: std::sync::Mutex<Option<(u64, ListingHead)>>,
+    head: std::sync::Mutex<Option<KeptHead>>,
 }
+
+/// A head, the catalog version it was read at, and when.
+#[derive(Clone, Copy)]
+struct KeptHead {
+    catalog: u64,
+    read_at: std::time::Instant,
+    head: ListingHead,
+}
+
+/// How long a head is reused at most, whatever the version says: a bound on a stale total
+/// should an announcement be lost without the listening connection noticing.
+const HEAD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One page of the works listing.
 #[derive(Clone, Debug)]
@@ -145,9 +157,12 @@ impl ListingCache {
     /// reaches further back, and a change committed since has moved the version on.
     async fn head(&self, pool: &PgPool, catalog: Option<u64>) -> Result<ListingHead, DbError> {
         let kept = *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, head)) = kept.filter(|(at, _)| Some(*at) == catalog) {
-            return Ok(head);
+        let current =
+            |k: &KeptHead| Some(k.catalog) == catalog && k.read_at.elapsed() < HEAD_MAX_AGE;
+        if let Some(kept) = kept.filter(current) {
+            return Ok(kept.head);
         }
+        let read_at = std::time::Instant::now();
         let (cursor, total, top, rows) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT ({CURSOR}), COALESCE(sum(works), 0)::BIGINT, COALESCE(max(id), 0), count(*)
              FROM listed_works_deltas"
@@ -157,20 +172,30 @@ impl ListingCache {
         let head = ListingHead { cursor, total, version: (top, rows) };
         if let Some(catalog) = catalog {
             *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some((catalog, head));
+                Some(KeptHead { catalog, read_at, head });
         }
         Ok(head)
     }
 
-    /// The keys for the listing at `version`, read again when it changed. Concurrent
-    /// requests wait for one reading rather than each making its own.
+    /// Forgets the kept head: the listing's deltas were found in another state than it
+    /// says (they were folded together, which announces nothing).
+    fn forget_head(&self) {
+        *self.head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// The keys for the listing at `version` or later, read again when it changed.
+    /// Concurrent requests wait for one reading rather than each making its own. Every
+    /// delta, folded ones included, takes a new id from a sequence, so keys read at a
+    /// higher top id are newer than `version` and serve its callers too.
     async fn keys(
         &self,
         pool: &PgPool,
         version: (i64, i64),
     ) -> Result<std::sync::Arc<ListingKeys>, DbError> {
         let mut cached = self.keys.lock().await;
-        if let Some(keys) = cached.as_ref().filter(|k| k.version == version) {
+        let usable =
+            |k: &&std::sync::Arc<ListingKeys>| k.version == version || k.version.0 > version.0;
+        if let Some(keys) = cached.as_ref().filter(usable) {
             return Ok(keys.clone());
         }
         // The version is read with the keys, in one snapshot, so that they belong together.
@@ -241,6 +266,10 @@ pub async fn list_works_at(
         // the table. A listing that changes between the two reads shifts the page by what
         // changed, as an OFFSET would.
         let keys = cache.keys(pool, (top, rows)).await?;
+        if keys.version.0 > top {
+            // Otherwise every deep page would read the keys again until the next change.
+            cache.forget_head();
+        }
         let k = usize::try_from(page.offset() / LISTING_STRIDE).unwrap_or(usize::MAX);
         match keys.keys.get(k - 1) {
             Some((title, id)) => {
@@ -345,26 +374,16 @@ fn like_pattern(query: &str) -> String {
     escaped
 }
 
-/// Present videos whose work title contains the pattern `$1`, as `VIDEO_SELECT` reads
-/// them. The matching works are found first, on their own: left to plan the whole query,
-/// Postgres would sometimes guess that one title in a hundred matches a rare pattern and
-/// walk the title index in order, filtering all 100,000 works to fill a page of 20 (60 ms
-/// instead of 1 ms in the federation benchmark). Found first, they come from the trigram
-/// index, or from one pass over the table when the pattern is too short to have trigrams.
-const SEARCH_SELECT: &str = "
-    WITH w AS MATERIALIZED (SELECT id, title FROM works WHERE title ILIKE $1 ESCAPE '\\')
-    SELECT v.id, v.work_id, w.title AS work_title, v.storage_location_id,
-           l.storage_type, v.source_key, v.filename, v.file_size, v.modified_at, v.duration,
-           v.width, v.height, v.video_codec, v.audio_codec, v.container, v.web_compatible,
-           v.fingerprints, v.video_metadata, v.created_at, v.updated_at
-    FROM w
-    JOIN videos v ON v.work_id = w.id AND v.removed_at IS NULL
-    JOIN storage_locations l ON l.id = v.storage_location_id";
-
-/// How many present videos `SEARCH_SELECT` finds.
-const SEARCH_COUNT: &str = "
-    SELECT count(*) FROM works w JOIN videos v ON v.work_id = w.id AND v.removed_at IS NULL
-    WHERE w.title ILIKE $1 ESCAPE '\\'";
+/// Matches present videos whose work title contains the pattern `$1`.
+///
+/// Search statements are planned for each pattern (`persistent(false)`: Postgres plans an
+/// unnamed statement with its parameters). A plan kept for every pattern guesses that one
+/// title in a hundred matches, and for a rare pattern then walks the title index in order,
+/// filtering all 100,000 works of the federation benchmark to fill a page (60-850 ms
+/// instead of 1 ms). Planned for its pattern, a rare one goes through the trigram index and
+/// a common one walks the title index and stops after a page. Titles' statistics are kept
+/// finer than the default for this (migration `catalog_announcements`).
+const SEARCH_MATCH: &str = "v.removed_at IS NULL AND w.title ILIKE $1 ESCAPE '\\'";
 
 /// Present videos whose work title contains `query` (case-insensitive, NFC-normalized).
 pub async fn search_videos(
@@ -377,8 +396,9 @@ pub async fn search_videos(
     // index, which is still cheaper than reading every row.
     let pattern = like_pattern(&velour_core::normalize_title(query));
     let rows: Vec<VideoRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SEARCH_SELECT} ORDER BY w.title, v.id LIMIT $2 OFFSET $3"
+        "{VIDEO_SELECT} WHERE {SEARCH_MATCH} ORDER BY w.title, v.id LIMIT $2 OFFSET $3"
     )))
+    .persistent(false)
     .bind(&pattern)
     .bind(page.limit())
     .bind(page.offset())
@@ -391,7 +411,13 @@ pub async fn search_videos(
     if fetched < page.limit() && (fetched > 0 || page.offset() == 0) {
         return Ok((rows, page.offset() + fetched));
     }
-    let total: i64 = sqlx::query_scalar(SEARCH_COUNT).bind(&pattern).fetch_one(pool).await?;
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM videos v JOIN works w ON w.id = v.work_id WHERE {SEARCH_MATCH}"
+    )))
+    .persistent(false)
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
     Ok((rows, total))
 }
 
@@ -400,8 +426,9 @@ pub async fn search_videos(
 pub async fn explain_search(pool: &PgPool, query: &str) -> Result<String, DbError> {
     let pattern = like_pattern(&velour_core::normalize_title(query));
     let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN {SEARCH_SELECT} ORDER BY w.title, v.id LIMIT 50"
+        "EXPLAIN {VIDEO_SELECT} WHERE {SEARCH_MATCH} ORDER BY w.title, v.id LIMIT 50"
     )))
+    .persistent(false)
     .bind(&pattern)
     .fetch_all(pool)
     .await?;
