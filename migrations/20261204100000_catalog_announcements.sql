@@ -38,7 +38,3 @@ CREATE TRIGGER videos_announce_delete AFTER DELETE ON videos
 CREATE TRIGGER videos_announce_truncate AFTER TRUNCATE ON videos
     FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_change();
 
--- Searches are planned for their pattern (velour-db `catalog::search_videos`); the
--- planner guesses how many titles a pattern matches from the column's histogram, which a
--- finer one (1000 entries instead of 100) makes closer for rare patterns.
-ALTER TABLE works ALTER COLUMN title SET STATISTICS 1000;

@@ -381,12 +381,13 @@ fn validate_configuration(
 }
 
 /// The configuration and secrets of location `id` once `fields` are applied to them (null
-/// removes a field), checked as on creation.
+/// removes a field), checked as on creation, and the `updated_at` of the row they were
+/// merged from.
 async fn changed_configuration(
     state: &GatewayState,
     id: i64,
     fields: &BTreeMap<String, Value>,
-) -> Result<(Value, Value), ApiError> {
+) -> Result<((Value, Value), DateTime<Utc>), ApiError> {
     let current = velour_db::locations::get_location_with_secrets(&state.pool, &state.secrets, id)
         .await
         .map_err(|e| ApiError::from_db(e, "storage location"))?;
@@ -409,7 +410,7 @@ async fn changed_configuration(
 
     let (configuration, secrets) = validate_configuration(state, storage_type, &merged)?;
     check_reachable(state, storage_type, &configuration, &secrets).await?;
-    Ok((configuration, secrets))
+    Ok(((configuration, secrets), current.location.updated_at))
 }
 
 /// Refuses, before it is stored, a location that could never be scanned: a bucket that
@@ -583,12 +584,15 @@ impl AdminApi {
             MaybeUndefined::Value(secs) => Some(Some(rescan_interval(secs)?)),
         };
         let name = update.name.as_deref().map(|name| checked_text("name", name)).transpose()?;
-        let configuration = match &update.configuration {
-            Some(fields) => Some(changed_configuration(&state, id.0, fields).await?),
-            None => None,
+        let (configuration, based_on) = match &update.configuration {
+            Some(fields) => {
+                let (changed, based_on) = changed_configuration(&state, id.0, fields).await?;
+                (Some(changed), Some(based_on))
+            }
+            None => (None, None),
         };
 
-        let changes = LocationChanges { name, configuration, rescan_interval_secs };
+        let changes = LocationChanges { name, configuration, rescan_interval_secs, based_on };
         let row = velour_db::locations::update_location(&state.pool, &state.secrets, id.0, changes)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;

@@ -1754,6 +1754,25 @@ async fn failed_scans_back_off_and_a_refused_key_halts_rescans_until_the_locatio
         };
         let row = velour_db::locations::update_location(&pool, &cipher, id, never).await.unwrap();
         assert_eq!((row.rescan_interval_secs, row.next_scan_at), (None, None));
+
+        // A configuration merged from an older state of the row is refused; merged from
+        // the current one, it is saved.
+        let moved = |based_on| velour_db::locations::LocationChanges {
+            configuration: Some((
+                serde_json::json!({ "path": "/srv/moved" }),
+                serde_json::json!({}),
+            )),
+            based_on: Some(based_on),
+            ..Default::default()
+        };
+        let stale = row.updated_at - chrono::Duration::milliseconds(1);
+        match velour_db::locations::update_location(&pool, &cipher, id, moved(stale)).await {
+            Err(velour_db::DbError::Refused { code: "changed-concurrently", .. }) => {}
+            other => panic!("a stale change was not refused: {other:?}"),
+        }
+        let saved =
+            velour_db::locations::update_location(&pool, &cipher, id, moved(row.updated_at));
+        assert_eq!(saved.await.unwrap().configuration.0["path"], "/srv/moved");
     })
     .await;
 }

@@ -119,6 +119,10 @@ pub struct LocationChanges<'a> {
     pub configuration: Option<(Value, Value)>,
     /// With `Some`, sets (or with `Some(None)`, clears) the rescan interval.
     pub rescan_interval_secs: Option<Option<i32>>,
+    /// The `updated_at` of the row a new configuration was merged from: the update is
+    /// refused with `changed-concurrently` if the row changed since, so that of two
+    /// changes merged from the same row, the second cannot silently undo the first.
+    pub based_on: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Applies `changes` to location `id`. Any update, even one that changes nothing, is a
@@ -145,11 +149,20 @@ pub async fn update_location(
 
     let mut tx = pool.begin().await?;
     // The row lock keeps a scan from being queued between the check and the update.
-    sqlx::query_scalar::<_, i64>("SELECT id FROM storage_locations WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(DbError::NotFound)?;
+    let updated_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT updated_at FROM storage_locations WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(DbError::NotFound)?;
+    if changes.based_on.is_some_and(|based_on| based_on != updated_at) {
+        return Err(DbError::Refused {
+            code: "changed-concurrently",
+            message: "the location changed while this change was being made; read it again \
+                      and send the change once more"
+                .to_owned(),
+        });
+    }
     if configuration.is_some() {
         let scanning: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM scan_runs

@@ -38,7 +38,14 @@ impl AddressGuard {
         let Some(kind) = internal_kind(addr) else {
             return Ok(());
         };
-        if self.allowed.iter().any(|net| net.contains(&addr)) {
+        // An address that carries an IPv4 one is allowed where that address is.
+        let carried = match addr {
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let allows =
+            |net: &IpNet| net.contains(&addr) || carried.is_some_and(|v4| net.contains(&v4));
+        if self.allowed.iter().any(allows) {
             return Ok(());
         }
         Err(InternalAddress { addr, kind })
@@ -73,6 +80,14 @@ fn internal_v4(addr: Ipv4Addr) -> Option<&'static str> {
     } else if a == 100 && (b & 0xc0) == 64 {
         // RFC 6598 shared address space: a carrier's or a cloud's internal network.
         Some("on a shared (carrier-grade NAT) network")
+    } else if a == 198 && (b & 0xfe) == 18 {
+        // RFC 2544 benchmarking networks, 198.18.0.0/15: used inside labs and clouds.
+        Some("on a benchmarking network")
+    } else if addr.octets()[..3] == [192, 0, 0] {
+        // RFC 6890 IETF protocol assignments, 192.0.0.0/24 (NAT64 discovery, DS-Lite).
+        Some("reserved for protocol use")
+    } else if a >= 240 {
+        Some("reserved")
     } else {
         None
     }
@@ -91,6 +106,13 @@ fn internal_v6(addr: Ipv6Addr) -> Option<&'static str> {
         Some("on a private network")
     } else if (first & 0xffc0) == 0xfe80 {
         Some("link-local (where cloud metadata services answer)")
+    } else if (first & 0xffc0) == 0xfec0 {
+        // Site-local, fec0::/10: deprecated by RFC 3879 but still routed inside networks.
+        Some("site-local (on a private network)")
+    } else if addr.segments()[..2] == [0x2001, 0] {
+        // Teredo, 2001::/32: the client's IPv4 address is hidden in the tunnel's, so what
+        // it reaches cannot be told from here.
+        Some("a Teredo tunnel")
     } else if addr.segments()[..3] == [0x64, 0xff9b, 0x0001] {
         // RFC 8215: NAT64 prefixes for local use only, translated inside one network.
         Some("on a private network (local-use NAT64)")
@@ -101,9 +123,9 @@ fn internal_v6(addr: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
-/// The IPv4 address a NAT64 (RFC 6052 well-known prefix 64:ff9b::/96) or 6to4 (RFC 3056,
-/// 2002::/16) address carries, or an IPv4-compatible one (::a.b.c.d, deprecated by RFC
-/// 4291 but still routed by some stacks).
+/// The IPv4 address a NAT64 (RFC 6052 well-known prefix 64:ff9b::/96), 6to4 (RFC 3056,
+/// 2002::/16) or IPv4-translated (::ffff:0:a.b.c.d) address carries, or an IPv4-compatible
+/// one (::a.b.c.d, deprecated by RFC 4291 but still routed by some stacks).
 fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = addr.segments();
     let from = |high: u16, low: u16| {
@@ -113,6 +135,8 @@ fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
     };
     match s {
         [0x64, 0xff9b, 0, 0, 0, 0, high, low] => Some(from(high, low)),
+        // IPv4-translated (RFC 2765 SIIT), ::ffff:0:a.b.c.d.
+        [0, 0, 0, 0, 0xffff, 0, high, low] => Some(from(high, low)),
         [0x2002, high, low, ..] => Some(from(high, low)),
         // `::` and `::1` are handled before; anything else this short is IPv4-compatible.
         [0, 0, 0, 0, 0, 0, high, low] => Some(from(high, low)),
@@ -186,6 +210,14 @@ mod tests {
             "2002:c0a8:101::",
             "::10.0.0.5",
             "64:ff9b:1::5db8:d822",
+            // IPv4-translated, site-local, Teredo; protocol, benchmarking, reserved IPv4.
+            "::ffff:0:a9fe:a9fe",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "192.0.0.170",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
         ];
         for addr in internal {
             assert!(refused(&guard, addr), "{addr} should be refused");
@@ -197,6 +229,10 @@ mod tests {
             "100.128.0.1",
             "64:ff9b::5db8:d822",
             "2002:5db8:d822::1",
+            "::ffff:0:5db8:d822",
+            "198.20.0.1",
+            "192.0.1.1",
+            "2001:db9::1",
         ];
         for addr in public {
             assert!(!refused(&guard, addr), "{addr} should pass");
@@ -212,6 +248,10 @@ mod tests {
         assert!(!refused(&guard, "fd12::1"));
         assert!(refused(&guard, "10.0.0.5"));
         assert!(refused(&guard, "::1"));
+        // Addresses carrying an allowed IPv4 address are allowed with it.
+        assert!(!refused(&guard, "64:ff9b::7f00:1"));
+        assert!(!refused(&guard, "2002:7f00:1::"));
+        assert!(refused(&guard, "64:ff9b::a00:5"));
     }
 
     #[test]
