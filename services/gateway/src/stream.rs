@@ -197,9 +197,8 @@ async fn relay_to(
         .iter()
         .flat_map(|name| upstream.headers().get_all(name).iter().map(|v| (name.clone(), v.clone())))
         .collect();
-    // TODO(#4): RSS grows ~1.4 MiB per relayed stream (106 MiB with 32 peer streams, over
-    // the 100 MiB target); not yet profiled, hyper's per-connection buffers are suspected.
-    let body = Body::from_bytes_stream(upstream.bytes_stream().map_err(std::io::Error::other));
+    let pieces = velour_peer::in_small_pieces(upstream.bytes_stream());
+    let body = Body::from_bytes_stream(pieces.map_err(std::io::Error::other));
     Ok(Relayed { status, headers, body })
 }
 

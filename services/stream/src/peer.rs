@@ -252,6 +252,7 @@ fn relay(
         return response.body(Body::empty());
     }
     // Read as the client reads: a slow client slows the peer, so memory stays bounded.
-    let bytes = upstream.bytes_stream().map_err(std::io::Error::other);
+    let bytes = velour_peer::in_small_pieces(upstream.bytes_stream());
+    let bytes = bytes.map_err(std::io::Error::other);
     response.body(Body::from_bytes_stream(MeteredStream::new(bytes, video_id, length)))
 }

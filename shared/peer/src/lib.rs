@@ -7,8 +7,10 @@
 
 mod client;
 mod guard;
+mod relay;
 mod wire;
 
 pub use client::{PeerClient, PeerError, http_client};
 pub use guard::{AddressGuard, InternalAddress};
+pub use relay::{RELAY_PIECE, in_small_pieces};
 pub use wire::*;
