@@ -197,6 +197,8 @@ async fn relay_to(
         .iter()
         .flat_map(|name| upstream.headers().get_all(name).iter().map(|v| (name.clone(), v.clone())))
         .collect();
+    // TODO(#4): relaying reaches 0.27 of nginx on 1 MiB ranges (target 0.6): every byte is
+    // copied in from the stream service, into pieces, and out again.
     let pieces = velour_peer::in_small_pieces(upstream.bytes_stream());
     let body = Body::from_bytes_stream(pieces.map_err(std::io::Error::other));
     Ok(Relayed { status, headers, body })
