@@ -594,6 +594,12 @@ async fn a_refused_peer_location_takes_a_new_key_by_patch() -> anyhow::Result<()
     b.scan(peer).await?;
     assert_eq!(b.all_works().await?.len(), 1);
 
+    // An empty configuration changes nothing: the cursor stays.
+    let (status, body) = patch(json!({ "configuration": {} })).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kept: Option<String> = sqlx::query_scalar(cursor).bind(peer).fetch_one(b.pool()).await?;
+    assert!(kept.is_some(), "an empty configuration forgot the cursor");
+
     // Two locations cannot share a name.
     b.add_local_location("elsewhere", library.path()).await?;
     let clash = patch(json!({ "name": "elsewhere" })).await?;

@@ -584,7 +584,9 @@ impl AdminApi {
             MaybeUndefined::Value(secs) => Some(Some(rescan_interval(secs)?)),
         };
         let name = update.name.as_deref().map(|name| checked_text("name", name)).transpose()?;
-        let (configuration, based_on) = match &update.configuration {
+        // An empty object names no field to change: it is no new configuration.
+        let fields = update.configuration.as_ref().filter(|fields| !fields.is_empty());
+        let (configuration, based_on) = match fields {
             Some(fields) => {
                 let (changed, based_on) = changed_configuration(&state, id.0, fields).await?;
                 (Some(changed), Some(based_on))
@@ -596,7 +598,7 @@ impl AdminApi {
         let row = velour_db::locations::update_location(&state.pool, &state.secrets, id.0, changes)
             .await
             .map_err(|e| ApiError::from_db(e, "storage location"))?;
-        let reconfigured = update.configuration.is_some();
+        let reconfigured = fields.is_some();
         tracing::info!(location.id = row.id, reconfigured, "location updated");
         Ok(Json(location_json(row)))
     }
