@@ -14,27 +14,25 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER works_announce_insert AFTER INSERT ON works
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows();
-CREATE TRIGGER works_announce_update AFTER UPDATE ON works
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows();
-CREATE TRIGGER works_announce_delete AFTER DELETE ON works
-    REFERENCING OLD TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows();
-CREATE TRIGGER works_announce_truncate AFTER TRUNCATE ON works
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_change();
-
-CREATE TRIGGER videos_announce_insert AFTER INSERT ON videos
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows();
-CREATE TRIGGER videos_announce_update AFTER UPDATE ON videos
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows();
-CREATE TRIGGER videos_announce_delete AFTER DELETE ON videos
-    REFERENCING OLD TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows();
-CREATE TRIGGER videos_announce_truncate AFTER TRUNCATE ON videos
-    FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_change();
-
+-- A trigger with a transition table serves one event, so each table gets one per event:
+-- <table>_announce_insert, _update and _delete, and _truncate (which has no rows to show).
+DO $$
+DECLARE
+    tbl TEXT;
+    event TEXT;
+BEGIN
+    FOREACH tbl IN ARRAY ARRAY['works', 'videos'] LOOP
+        FOREACH event IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            EXECUTE format(
+                'CREATE TRIGGER %I AFTER %s ON %I REFERENCING %s TABLE AS changed_rows
+                 FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_changed_rows()',
+                tbl || '_announce_' || event, upper(event), tbl,
+                CASE event WHEN 'delete' THEN 'OLD' ELSE 'NEW' END);
+        END LOOP;
+        EXECUTE format(
+            'CREATE TRIGGER %I AFTER TRUNCATE ON %I
+             FOR EACH STATEMENT EXECUTE FUNCTION velour_announce_change()',
+            tbl || '_announce_truncate', tbl);
+    END LOOP;
+END
+$$;

@@ -188,6 +188,7 @@ impl CatalogApi {
         let page = page_request(page.0, per_page.0)?;
         let db = |e| ApiError::from_db(e, "works");
         let rfc3339 = |cursor: DateTime<Utc>| cursor.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let access = MetadataAccess::of(&auth);
 
         let Some(since) = updated_since.0 else {
             // TODO(#5): 64 connections on a two-core VM get p99 65-75 ms (target 25 ms) at
@@ -200,7 +201,6 @@ impl CatalogApi {
                     .map_err(db)?;
             let sync =
                 SyncState { cursor: rfc3339(listed.cursor), deleted: Vec::new(), deleted_count: 0 };
-            let access = MetadataAccess::of(&auth);
             return Ok(WireJson(WorksPage {
                 works: listed.works.into_iter().map(|w| work(w, access)).collect(),
                 pagination: pagination(page, listed.total),
@@ -217,7 +217,7 @@ impl CatalogApi {
         let mut pagination = pagination(page, total);
         pagination.total_pages = pagination.total_pages.max(page.total_pages(deleted_count));
         Ok(WireJson(WorksPage {
-            works: works.into_iter().map(|w| work(w, MetadataAccess::of(&auth))).collect(),
+            works: works.into_iter().map(|w| work(w, access)).collect(),
             pagination,
             sync: Some(SyncState {
                 cursor,

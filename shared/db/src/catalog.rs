@@ -62,14 +62,26 @@ pub struct InstanceTotals {
     pub total_storage: i64,
 }
 
-const VIDEO_SELECT: &str = "
-    SELECT v.id, v.work_id, w.title AS work_title, v.storage_location_id,
-           l.storage_type, v.source_key, v.filename, v.file_size, v.modified_at, v.duration,
-           v.width, v.height, v.video_codec, v.audio_codec, v.container, v.web_compatible,
-           v.fingerprints, v.video_metadata, v.created_at, v.updated_at
-    FROM videos v
-    JOIN works w ON w.id = v.work_id
-    JOIN storage_locations l ON l.id = v.storage_location_id";
+/// The `SELECT` of a `VideoRow`: videos `v` of the works `w` named by `$works` (any
+/// relation with `id` and `title`: the table, a search's matches, a page's works), with
+/// their locations `l`.
+macro_rules! video_select {
+    ($works:literal) => {
+        concat!(
+            "SELECT v.id, v.work_id, w.title AS work_title, v.storage_location_id,
+                    l.storage_type, v.source_key, v.filename, v.file_size, v.modified_at,
+                    v.duration, v.width, v.height, v.video_codec, v.audio_codec, v.container,
+                    v.web_compatible, v.fingerprints, v.video_metadata, v.created_at,
+                    v.updated_at
+             FROM ",
+            $works,
+            " JOIN videos v ON v.work_id = w.id
+              JOIN storage_locations l ON l.id = v.storage_location_id"
+        )
+    };
+}
+
+const VIDEO_SELECT: &str = video_select!("works w");
 
 /// A work with at least one present video. The count is kept by a trigger on videos, and
 /// `works_listed_idx` covers exactly these works in the listing's order.
@@ -328,16 +340,10 @@ async fn videos_of_works(
     }
     let ids: Vec<i64> = works.iter().map(|w| w.id).collect();
     let titles: Vec<&str> = works.iter().map(|w| w.title.as_str()).collect();
-    let rows: Vec<VideoRow> = sqlx::query_as(
-        "SELECT v.id, v.work_id, w.title AS work_title, v.storage_location_id,
-                l.storage_type, v.source_key, v.filename, v.file_size, v.modified_at,
-                v.duration, v.width, v.height, v.video_codec, v.audio_codec, v.container,
-                v.web_compatible, v.fingerprints, v.video_metadata, v.created_at, v.updated_at
-         FROM unnest($1::BIGINT[], $2::TEXT[]) AS w (id, title)
-         JOIN videos v ON v.work_id = w.id AND v.removed_at IS NULL
-         JOIN storage_locations l ON l.id = v.storage_location_id
-         ORDER BY v.id",
-    )
+    let rows: Vec<VideoRow> = sqlx::query_as(concat!(
+        video_select!("unnest($1::BIGINT[], $2::TEXT[]) AS w (id, title)"),
+        " WHERE v.removed_at IS NULL ORDER BY v.id"
+    ))
     .bind(&ids)
     .bind(&titles)
     .fetch_all(pool)
@@ -379,15 +385,11 @@ const SEARCH_MATCH: &str = "v.removed_at IS NULL AND w.title ILIKE $1 ESCAPE '\\
 
 /// Present videos whose work title contains the pattern `$1`, as `VIDEO_SELECT` reads
 /// them, the works being found first, on their own (see `search_videos`).
-const SEARCH_SELECT: &str = "
-    WITH w AS MATERIALIZED (SELECT id, title FROM works WHERE title ILIKE $1 ESCAPE '\\')
-    SELECT v.id, v.work_id, w.title AS work_title, v.storage_location_id,
-           l.storage_type, v.source_key, v.filename, v.file_size, v.modified_at, v.duration,
-           v.width, v.height, v.video_codec, v.audio_codec, v.container, v.web_compatible,
-           v.fingerprints, v.video_metadata, v.created_at, v.updated_at
-    FROM w
-    JOIN videos v ON v.work_id = w.id AND v.removed_at IS NULL
-    JOIN storage_locations l ON l.id = v.storage_location_id";
+const SEARCH_SELECT: &str = concat!(
+    "WITH w AS MATERIALIZED (SELECT id, title FROM works WHERE title ILIKE $1 ESCAPE '\\') ",
+    video_select!("w"),
+    " WHERE v.removed_at IS NULL"
+);
 
 /// Present videos whose work title contains `query` (case-insensitive, NFC-normalized).
 pub async fn search_videos(

@@ -145,23 +145,26 @@ impl Inner {
         }
     }
 
-    fn forget_everything(&self) {
+    fn forget_locations(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.locations.invalidate_all();
+    }
+
+    fn catalog_changed(&self) {
         self.catalog.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn forget_everything(&self) {
+        self.forget_locations();
+        self.catalog_changed();
     }
 
     /// Acts on one notification: its payload names the table that changed. A payload we
     /// do not know (a newer release's table) throws everything away, to be safe.
     fn changed(&self, table: &str) {
         match table {
-            "works" | "videos" => {
-                self.catalog.fetch_add(1, Ordering::AcqRel);
-            }
-            "storage_locations" => {
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                self.locations.invalidate_all();
-            }
+            "works" | "videos" => self.catalog_changed(),
+            "storage_locations" => self.forget_locations(),
             _ => self.forget_everything(),
         }
     }
