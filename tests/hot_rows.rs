@@ -227,3 +227,66 @@ async fn the_listings_total_is_read_once_per_catalog_version() -> anyhow::Result
 
     db.drop_database().await
 }
+
+/// Renames video `id`'s file, with the triggers that announce it off when `announce` is
+/// false.
+async fn rename_video(pool: &PgPool, id: i64, name: &str, announce: bool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    if !announce {
+        sqlx::query("ALTER TABLE videos DISABLE TRIGGER videos_announce_update")
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE videos SET filename = $2 WHERE id = $1")
+        .bind(id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    if !announce {
+        sqlx::query("ALTER TABLE videos ENABLE TRIGGER videos_announce_update")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_video_is_answered_until_the_catalog_changes() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let pool = &db.pool;
+    let location = add_folder(pool, &SecretsCipher::default()).await?;
+    add_work(pool, location, "Film", true).await?;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM videos").fetch_one(pool).await?;
+    let hot = HotRows::start(pool);
+    within_5s(|| async { hot.is_live() }).await?;
+    let filename = |hot: HotRows| async move {
+        hot.video(pool, id).await.map_or_else(|e| format!("error: {e}"), |v| v.filename)
+    };
+    assert_eq!(filename(hot.clone()).await, "Film.mp4");
+
+    // Changed without a word: memory answers.
+    rename_video(pool, id, "silent.mp4", false).await?;
+    assert_eq!(filename(hot.clone()).await, "Film.mp4", "the video was not kept");
+
+    // Any announced change to the catalog, even of another work, forgets it.
+    add_work(pool, location, "Other", true).await?;
+    within_5s(|| async { filename(hot.clone()).await == "silent.mp4" }).await?;
+
+    // A removed video is not answered from memory.
+    sqlx::query("UPDATE videos SET removed_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    within_5s(|| async { filename(hot.clone()).await.starts_with("error") }).await?;
+
+    // Without a listener every lookup reads the database.
+    let cold = HotRows::disabled();
+    sqlx::query("UPDATE videos SET removed_at = NULL WHERE id = $1").bind(id).execute(pool).await?;
+    assert_eq!(filename(cold.clone()).await, "silent.mp4");
+    rename_video(pool, id, "quiet.mp4", false).await?;
+    assert_eq!(filename(cold).await, "quiet.mp4");
+
+    drop(hot);
+    db.drop_database().await
+}

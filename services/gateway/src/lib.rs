@@ -19,7 +19,7 @@ use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, IntoTlsConfigStream, RustlsCertificate};
 use poem::listener::{RustlsConfig, TcpAcceptor};
 use poem::middleware::Tracing;
-use poem::{EndpointExt, Route, Server, get, handler};
+use poem::{EndpointExt, Route, get, handler};
 use poem_openapi::OpenApiService;
 use std::future::Future;
 use std::time::Duration;
@@ -267,9 +267,7 @@ async fn serve_on(
     state: GatewayState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
-        .await?;
+    velour_http::serve(acceptor, app(state), shutdown, Duration::from_secs(10)).await;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use error::StreamError;
 use poem::http::{HeaderMap, HeaderName, header};
 use poem::listener::TcpAcceptor;
 use poem::web::Data;
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server, handler};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
 use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
@@ -120,10 +120,7 @@ pub async fn serve(
     let addr = listener.local_addr().context("the listener has no address")?;
     let acceptor = TcpAcceptor::from_tokio(listener).context("could not accept on the listener")?;
     tracing::info!(%addr, "stream service listening");
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(SHUTDOWN_GRACE))
-        .await
-        .context("the stream service stopped")?;
+    velour_http::serve(acceptor, app(state), shutdown, SHUTDOWN_GRACE).await;
     tracing::info!("stream service stopped");
     Ok(())
 }
@@ -190,8 +187,7 @@ pub(crate) async fn authorized_video(
     let key = auth::authorize(state, id, req).await?;
     tracing::Span::current().record("api_key.id", key.id);
 
-    let video =
-        velour_db::catalog::get_video(&state.pool, id).await.map_err(not_found_or_internal)?;
+    let video = state.hot.video(&state.pool, id).await.map_err(not_found_or_internal)?;
     let location = state
         .hot
         .location(&state.pool, &state.secrets, video.storage_location_id)

@@ -4,6 +4,7 @@
 use super::*;
 use crate::error::BEARER_CHALLENGE;
 use futures_util::FutureExt;
+use poem::Server;
 use poem::http::{Method, StatusCode};
 use poem::test::{TestClient, TestResponse};
 use secrecy::ExposeSecret;

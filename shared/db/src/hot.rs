@@ -1,6 +1,7 @@
 //! Rows that every stream request reads and that seldom change, kept in memory between
-//! requests: storage locations, with their secrets opened; and the catalog's version, by
-//! which the gateway knows when what it derived from works and videos is still current.
+//! requests: storage locations, with their secrets opened; videos, kept for as long as the
+//! catalog does not change; and the catalog's version, by which the gateway knows when what
+//! it derived from works and videos is still current.
 //!
 //! Any process may change those rows, so memory alone cannot know when a copy went stale.
 //! A trigger on the table announces every change with `NOTIFY` (see the migration
@@ -15,6 +16,7 @@
 //! the catalog first, and a rotated peer key keeps working through its grace period.
 
 use crate::DbError;
+use crate::catalog::{self, VideoRow};
 use crate::locations::{self, LocationWithSecrets};
 use crate::secrets::SecretsCipher;
 use moka::sync::Cache;
@@ -33,6 +35,8 @@ pub const CHANNEL: &str = "velour_hot_rows";
 const TIME_TO_LIVE: Duration = Duration::from_secs(60);
 /// Locations kept; an instance has few.
 const CAPACITY: u64 = 10_000;
+/// Videos kept: the ones being watched, a few KiB each.
+const VIDEO_CAPACITY: u64 = 4_096;
 /// Waits between attempts to listen again after the connection was lost.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -45,6 +49,9 @@ pub struct HotRows {
 
 struct Inner {
     locations: Cache<i64, LocationWithSecrets>,
+    /// Videos with the catalog version and generation they were read at: one is current
+    /// only while neither moved.
+    videos: Cache<i64, KeptVideo>,
     /// True while the listener is subscribed: only then is anything kept or answered.
     live: AtomicBool,
     /// Counts the times everything was thrown away, so that a lookup that read the
@@ -111,6 +118,31 @@ impl HotRows {
         keep(&inner.locations, &inner.generation, generation, &inner.live, id, &found);
         Ok(found)
     }
+
+    /// `catalog::get_video`, answered from memory while the catalog has not changed since
+    /// the video was read. The version is taken before reading: a change committed during
+    /// the read moves it, and what was read is then never answered.
+    pub async fn video(&self, pool: &PgPool, id: i64) -> Result<VideoRow, DbError> {
+        let inner = &self.inner;
+        let Some(catalog) = self.catalog_version() else {
+            return catalog::get_video(pool, id).await;
+        };
+        let generation = inner.generation.load(Ordering::Acquire);
+        let read_at = (catalog, generation);
+        if let Some(kept) = inner.videos.get(&id).filter(|kept| kept.read_at == read_at) {
+            return Ok(kept.row);
+        }
+        let row = catalog::get_video(pool, id).await?;
+        inner.videos.insert(id, KeptVideo { read_at, row: row.clone() });
+        Ok(row)
+    }
+}
+
+#[derive(Clone)]
+struct KeptVideo {
+    /// The catalog version and location generation when the row was read.
+    read_at: (u64, u64),
+    row: VideoRow,
 }
 
 /// Keeps `value`, read when the generation was `read_at`, unless everything was thrown
@@ -138,6 +170,10 @@ impl Inner {
     fn new(stop: Option<oneshot::Sender<()>>) -> Self {
         Self {
             locations: Cache::builder().max_capacity(CAPACITY).time_to_live(TIME_TO_LIVE).build(),
+            videos: Cache::builder()
+                .max_capacity(VIDEO_CAPACITY)
+                .time_to_live(TIME_TO_LIVE)
+                .build(),
             live: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             catalog: AtomicU64::new(0),

@@ -1,0 +1,170 @@
+//! Serves poem endpoints on hyper connections that write straight to their sockets.
+//!
+//! poem's own `Server` puts every accepted connection behind a boxed reader/writer split.
+//! That box does not report vectored writes, so hyper falls back to copying each body chunk
+//! into its own write buffer before sending it: for a video server, one more copy of every
+//! byte served, on every hop (stream service, gateway, peer). Here hyper gets the
+//! acceptor's stream itself (a `TcpStream` writes vectored) and sends body chunks from the
+//! buffers they were read into.
+//!
+//! The rest is what poem's server does: one task per connection, HTTP/1.1 and HTTP/2, and
+//! on shutdown no new connections, idle ones closed, open ones given a grace period.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use poem::listener::Acceptor;
+use poem::{Endpoint, Request};
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// How long a client may take to send a request's headers once it started: a connection
+/// that trickles them (slowloris) is closed instead of held.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause after a failed accept (out of file descriptors, say) before the next one, so
+/// that a lasting failure does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `endpoint` on the connections `acceptor` accepts until `shutdown` resolves; then
+/// waits up to `grace` for requests in flight and cuts what is left.
+pub async fn serve<A, E>(
+    mut acceptor: A,
+    endpoint: E,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) where
+    A: Acceptor,
+    E: Endpoint + 'static,
+{
+    let endpoint = Arc::new(endpoint);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            // Finished connections are reaped as they end, so the set stays small.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = acceptor.accept() => match accepted {
+                Ok((io, local, remote, scheme)) => {
+                    let endpoint = Arc::clone(&endpoint);
+                    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                        let req = Request::from((req, local.clone(), remote.clone(), scheme.clone()));
+                        let endpoint = Arc::clone(&endpoint);
+                        async move {
+                            let response = endpoint.get_response(req).await;
+                            Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, io::Error>>::from(
+                                response,
+                            ))
+                        }
+                    });
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    connections.spawn(async move {
+                        let connection = builder.serve_connection(TokioIo::new(io), service);
+                        // A client that goes away mid-answer is routine for a video server.
+                        if let Err(err) = watcher.watch(connection).await {
+                            tracing::debug!(error = %err, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+
+    drop(acceptor);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::info!(open = connections.len(), "grace period over: closing open connections");
+    }
+    connections.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use poem::listener::TcpAcceptor;
+    use poem::{Body, Route, handler};
+    use std::time::Instant;
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    #[handler]
+    fn counted() -> Body {
+        // 4 MiB in 256 KiB chunks, each byte its position modulo 251.
+        let chunks = (0..16u64).map(|i| {
+            let chunk: Vec<u8> =
+                (i * 262_144..(i + 1) * 262_144).map(|n| (n % 251) as u8).collect();
+            Ok::<_, io::Error>(Bytes::from(chunk))
+        });
+        Body::from_bytes_stream(stream::iter(chunks))
+    }
+
+    #[handler]
+    fn endless() -> Body {
+        Body::from_bytes_stream(stream::repeat_with(|| {
+            Ok::<_, io::Error>(Bytes::from_static(b"x"))
+        }))
+    }
+
+    async fn start() -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
+        let app = Route::new().at("/counted", counted).at("/endless", endless);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(serve(acceptor, app, shutdown, Duration::from_millis(300)));
+        (base, stop, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bodies_arrive_whole_and_shutdown_cuts_what_outlives_the_grace() {
+        let (base, stop, task) = start().await;
+        let client = reqwest::Client::new();
+        let body = client.get(format!("{base}/counted")).send().await.unwrap();
+        assert_eq!(body.status(), 200);
+        let body = body.bytes().await.unwrap();
+        assert_eq!(body.len(), 4 << 20);
+        assert!(body.iter().enumerate().all(|(n, b)| *b == (n % 251) as u8));
+        let missing = client.get(format!("{base}/nothing")).send().await.unwrap();
+        assert_eq!(missing.status(), 404);
+
+        // A response that never ends is cut once the grace period is over.
+        let mut open = client.get(format!("{base}/endless")).send().await.unwrap();
+        assert!(open.chunk().await.unwrap().is_some());
+        let asked = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        let took = asked.elapsed();
+        assert!(took >= Duration::from_millis(300), "stopped after {took:?}, within the grace");
+        let drained = async {
+            loop {
+                match open.chunk().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return false,
+                    Err(_) => return true,
+                }
+            }
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(5), drained).await;
+        assert_eq!(cut, Ok(true), "the endless body was not cut (or ended cleanly)");
+        // Nothing listens any more.
+        assert!(client.get(format!("{base}/counted")).send().await.is_err());
+    }
+}
