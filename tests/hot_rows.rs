@@ -3,14 +3,16 @@
 //! them, and never trusted while the connection that announces changes is down.
 
 use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
+use velour_core::Permissions;
 use velour_core::StorageType;
 use velour_db::hot::HotRows;
 use velour_db::locations::{self, NewLocation};
 use velour_db::secrets::SecretsCipher;
-use velour_tests::TestDb;
+use velour_tests::{Instance, TestDb};
 
 async fn add_folder(pool: &PgPool, cipher: &SecretsCipher) -> anyhow::Result<i64> {
     let new = NewLocation {
@@ -289,4 +291,46 @@ async fn a_kept_video_is_answered_until_the_catalog_changes() -> anyhow::Result<
 
     drop(hot);
     db.drop_database().await
+}
+
+/// The titles on the first page of the works listing, as `key` reads it.
+async fn listed_titles(instance: &Instance, key: &str) -> anyhow::Result<Vec<String>> {
+    let response = instance.http.get(instance.url("/api/v1/works")).bearer_auth(key).send().await?;
+    let page = velour_tests::expect_json(response, reqwest::StatusCode::OK).await?;
+    let works = page["works"].as_array().context("no works in the page")?;
+    Ok(works.iter().filter_map(|w| w["title"].as_str().map(str::to_owned)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendered_listing_page_is_sent_again_until_the_catalog_changes() -> anyhow::Result<()> {
+    let instance = Instance::start("pages").await?;
+    let pool = instance.pool();
+    let admin = instance.admin_key.expose_secret().to_owned();
+    let location = add_folder(pool, &SecretsCipher::default()).await?;
+    add_work(pool, location, "First", true).await?;
+    within_5s(|| async {
+        listed_titles(&instance, &admin).await.ok() == Some(vec!["First".into()])
+    })
+    .await?;
+
+    // Added without a word: the page the gateway rendered is sent again as it was.
+    add_work(pool, location, "Second", false).await?;
+    assert_eq!(listed_titles(&instance, &admin).await?, ["First"], "the page was not kept");
+
+    // A key that may not see technical metadata gets a page rendered for it, not the
+    // admin's: read now, it has both works, and no fingerprints.
+    let reader = Permissions { can_read: true, can_stream: false, can_metadata: false };
+    let member = instance.issue_key("member", reader).await?;
+    assert_eq!(listed_titles(&instance, &member).await?, ["First", "Second"]);
+    let response = instance.http.get(instance.url("/api/v1/works")).bearer_auth(&member);
+    let page = velour_tests::expect_json(response.send().await?, reqwest::StatusCode::OK).await?;
+    assert_eq!(page["works"][0]["videos"][0]["fingerprints"], json!({}));
+
+    // An announced change, from any connection, is seen by the next page read.
+    add_work(pool, location, "Third", true).await?;
+    let all: Vec<String> = ["First", "Second", "Third"].map(String::from).into();
+    within_5s(|| async { listed_titles(&instance, &admin).await.ok().as_ref() == Some(&all) })
+        .await?;
+
+    instance.stop().await
 }

@@ -3,7 +3,8 @@
 use crate::GatewayState;
 use crate::auth::ApiKeyAuth;
 use crate::error::ApiError;
-use crate::payload::WireJson;
+use crate::pages::PageKey;
+use crate::payload::{RenderedJson, WireJson};
 use chrono::{DateTime, SecondsFormat, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
@@ -50,8 +51,8 @@ pub(crate) fn pagination(page: PageRequest, total: i64) -> Pagination {
 /// audio codecs) and fingerprints are shown only to keys with `can_metadata`; for others
 /// they are null, and fingerprints an empty object, so the JSON keeps its shape. Playback
 /// needs neither: `web_compatible`, the file name and size stay visible.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MetadataAccess {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetadataAccess {
     Shown,
     Withheld,
 }
@@ -183,7 +184,7 @@ impl CatalogApi {
         /// RFC 3339. Only works changed at or after this instant, with the tombstones of
         /// what was removed since; pass the `sync.cursor` of the previous listing.
         updated_since: Query<Option<DateTime<Utc>>>,
-    ) -> Result<WireJson<WorksPage>, ApiError> {
+    ) -> Result<RenderedJson<WorksPage>, ApiError> {
         auth.require_read()?;
         let page = page_request(page.0, per_page.0)?;
         let db = |e| ApiError::from_db(e, "works");
@@ -191,21 +192,27 @@ impl CatalogApi {
         let access = MetadataAccess::of(&auth);
 
         let Some(since) = updated_since.0 else {
-            // TODO(#5): 64 connections on a two-core VM get p99 65-75 ms (target 25 ms) at
-            // ~1,400 pages/s: Postgres spends ~0.8 ms of CPU per page (key, the page's 50
-            // works, their videos, the audit batch), the gateway ~0.5 ms.
+            // Taken before the rows are read: see `pages`.
             let catalog = state.hot.catalog_version();
+            let key = catalog.map(|catalog| PageKey::new(catalog, page, access));
+            if let Some(body) = key.and_then(|key| state.pages.get(&key)) {
+                return Ok(RenderedJson::kept(body));
+            }
             let listed =
                 velour_db::catalog::list_works_at(&state.pool, &state.listing, catalog, page)
                     .await
                     .map_err(db)?;
             let sync =
                 SyncState { cursor: rfc3339(listed.cursor), deleted: Vec::new(), deleted_count: 0 };
-            return Ok(WireJson(WorksPage {
+            let rendered = RenderedJson::render(&WorksPage {
                 works: listed.works.into_iter().map(|w| work(w, access)).collect(),
                 pagination: pagination(page, listed.total),
                 sync: Some(sync),
-            }));
+            })?;
+            if let Some(key) = key {
+                state.pages.insert(key, rendered.body().clone());
+            }
+            return Ok(rendered);
         };
         // Taken before the rows are read, so that nothing written meanwhile is missed.
         let cursor = velour_db::catalog::sync_cursor(&state.pool).await.map_err(db)?;
@@ -216,7 +223,7 @@ impl CatalogApi {
             velour_db::catalog::list_tombstones(&state.pool, since, page).await.map_err(db)?;
         let mut pagination = pagination(page, total);
         pagination.total_pages = pagination.total_pages.max(page.total_pages(deleted_count));
-        Ok(WireJson(WorksPage {
+        RenderedJson::render(&WorksPage {
             works: works.into_iter().map(|w| work(w, access)).collect(),
             pagination,
             sync: Some(SyncState {
@@ -224,7 +231,7 @@ impl CatalogApi {
                 deleted: deleted.into_iter().map(tombstone).collect(),
                 deleted_count,
             }),
-        }))
+        })
     }
 
     /// One work with its videos.

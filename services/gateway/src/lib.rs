@@ -9,6 +9,7 @@ pub mod connections;
 pub mod error;
 pub mod keys;
 pub mod limits;
+pub mod pages;
 pub mod payload;
 pub mod playback;
 pub mod ratelimit;
@@ -64,6 +65,8 @@ pub struct GatewayState {
     pub listing: std::sync::Arc<velour_db::catalog::ListingCache>,
     /// The catalog's version, announced by Postgres on every change to works or videos.
     pub hot: velour_db::hot::HotRows,
+    /// Rendered pages of the works listing, kept per catalog version.
+    pub pages: pages::PageCache,
 }
 
 impl GatewayState {
@@ -90,6 +93,7 @@ impl GatewayState {
             audit: audit::AuditSink::start(pool.clone()),
             listing: Default::default(),
             hot: velour_db::hot::HotRows::start(&pool),
+            pages: pages::PageCache::new(GatewaySettings::DEFAULT_CATALOG_CACHE_BYTES),
             peer_guard: velour_peer::AddressGuard::default(),
             pool,
             scans: velour_jobs::scan_storage(conn.clone()),
@@ -108,6 +112,12 @@ impl GatewayState {
     pub fn with_url_signing(mut self, signer: UrlSigner, ttl: Duration) -> Self {
         self.url_signer = Some(signer);
         self.signed_url_ttl = ttl;
+        self
+    }
+
+    /// Keeps up to `bytes` of rendered listing pages (0: none).
+    pub fn with_catalog_cache(mut self, bytes: u64) -> Self {
+        self.pages = pages::PageCache::new(bytes);
         self
     }
 
@@ -339,6 +349,7 @@ pub async fn run(
         .with_url_signing(signer, signing.signed_url_ttl())
         .with_federation(federation.clone())
         .with_peer_settings(peer)
+        .with_catalog_cache(gateway.catalog_cache_bytes())
         .with_rate_limits(
             gateway.federation_rate_limit_per_hour,
             gateway.federation_stream_rate_limit_per_hour,

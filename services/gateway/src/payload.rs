@@ -7,61 +7,111 @@
 //! the type's own `Serialize`: the peer wire types derive both, and the test below holds
 //! the two renderings equal.
 
+use crate::error::ApiError;
+use bytes::Bytes;
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
 use serde::Serialize;
+use std::marker::PhantomData;
 
 /// A JSON response body written by serde; see the module's documentation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WireJson<T>(pub T);
 
-impl<T: Type> Payload for WireJson<T> {
-    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+/// A JSON body rendered once as `WireJson` would write it, and kept to be sent again
+/// (see `pages`): documented as `T`, sent as the bytes it holds.
+pub struct RenderedJson<T> {
+    body: Bytes,
+    of: PhantomData<fn() -> T>,
+}
 
-    fn check_content_type(content_type: &str) -> bool {
-        poem_openapi::payload::Json::<T>::check_content_type(content_type)
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        T::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        T::register(registry);
+impl<T: Serialize> RenderedJson<T> {
+    /// Renders `value`. Our own types always serialize; should one ever fail, the error
+    /// is the API's internal one.
+    pub fn render(value: &T) -> Result<Self, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|err| ApiError::internal(&err))?;
+        Ok(Self::kept(Bytes::from(body)))
     }
 }
+
+impl<T> RenderedJson<T> {
+    /// A body rendered earlier from a `T`.
+    pub fn kept(body: Bytes) -> Self {
+        Self { body, of: PhantomData }
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+const CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
+/// The one response both payloads document: 200, JSON, `T`'s schema.
+fn json_responses<T: Type>() -> MetaResponses {
+    MetaResponses {
+        responses: vec![MetaResponse {
+            description: "",
+            status: Some(200),
+            status_range: None,
+            content: vec![MetaMediaType { content_type: CONTENT_TYPE, schema: T::schema_ref() }],
+            headers: vec![],
+        }],
+    }
+}
+
+/// `Payload` and `ApiResponse` for a JSON body documented as `T`.
+macro_rules! documented_as_json {
+    ($payload:ident) => {
+        impl<T: Type> Payload for $payload<T> {
+            const CONTENT_TYPE: &'static str = CONTENT_TYPE;
+
+            fn check_content_type(content_type: &str) -> bool {
+                poem_openapi::payload::Json::<T>::check_content_type(content_type)
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                T::schema_ref()
+            }
+
+            fn register(registry: &mut Registry) {
+                T::register(registry);
+            }
+        }
+
+        impl<T: Type> ApiResponse for $payload<T>
+        where
+            $payload<T>: IntoResponse,
+        {
+            fn meta() -> MetaResponses {
+                json_responses::<T>()
+            }
+
+            fn register(registry: &mut Registry) {
+                T::register(registry);
+            }
+        }
+    };
+}
+
+documented_as_json!(WireJson);
+documented_as_json!(RenderedJson);
 
 impl<T: Type + Serialize + Send> IntoResponse for WireJson<T> {
     fn into_response(self) -> Response {
-        match serde_json::to_vec(&self.0) {
-            Ok(body) => Response::builder().content_type(Self::CONTENT_TYPE).body(body),
-            // Our own types always serialize; should one ever fail, say so as the API does.
-            Err(err) => crate::error::ApiError::internal(&err).into_response(),
+        match RenderedJson::render(&self.0) {
+            Ok(rendered) => rendered.into_response(),
+            Err(err) => err.into_response(),
         }
     }
 }
 
-impl<T: Type + Serialize + Send> ApiResponse for WireJson<T> {
-    fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: vec![MetaResponse {
-                description: "",
-                status: Some(200),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: Self::CONTENT_TYPE,
-                    schema: Self::schema_ref(),
-                }],
-                headers: vec![],
-            }],
-        }
-    }
-
-    fn register(registry: &mut Registry) {
-        T::register(registry);
+impl<T: Send> IntoResponse for RenderedJson<T> {
+    fn into_response(self) -> Response {
+        Response::builder().content_type(CONTENT_TYPE).body(self.body)
     }
 }
 

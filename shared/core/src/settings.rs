@@ -120,6 +120,17 @@ pub struct GatewaySettings {
     )]
     pub federation_stream_rate_limit_per_hour: u32,
 
+    /// Memory, in MiB, for rendered pages of the works listing, kept until the catalog
+    /// changes (each gateway has its own); 0 renders every page anew.
+    #[arg(
+        long = "catalog-cache-mib",
+        env = "VELOUR_CATALOG_CACHE_MIB",
+        value_name = "VELOUR_CATALOG_CACHE_MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(0..=16_384)
+    )]
+    pub catalog_cache_mib: u32,
+
     /// A PEM file holding the certificate chain the gateway serves TLS with; set with
     /// `VELOUR_TLS_KEY_FILE`. Neither set: the gateway speaks plain HTTP (behind a proxy
     /// that terminates TLS).
@@ -248,6 +259,13 @@ impl GatewaySettings {
     pub const DEFAULT_RATE_LIMIT_PER_HOUR: u32 = 5000;
     /// `FEDERATION_STREAM_RATE_LIMIT_PER_HOUR`'s default, as the original design has it.
     pub const DEFAULT_STREAM_RATE_LIMIT_PER_HOUR: u32 = 1000;
+    /// `VELOUR_CATALOG_CACHE_MIB`'s default, in bytes.
+    pub const DEFAULT_CATALOG_CACHE_BYTES: u64 = 64 << 20;
+
+    /// `VELOUR_CATALOG_CACHE_MIB` in bytes.
+    pub fn catalog_cache_bytes(&self) -> u64 {
+        u64::from(self.catalog_cache_mib) << 20
+    }
 
     /// The stream service's base URL: `VELOUR_STREAM_URL`, else derived from its address.
     pub fn stream_base_url(&self, stream: &StreamAddrSettings) -> Result<Url, url::ParseError> {
@@ -712,6 +730,7 @@ mod tests {
             instance_name: "x".into(),
             federation_rate_limit_per_hour: 5000,
             federation_stream_rate_limit_per_hour: 1000,
+            catalog_cache_mib: 64,
             tls_cert_file: None,
             tls_key_file: None,
         };
