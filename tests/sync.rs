@@ -177,3 +177,79 @@ async fn search_uses_the_trigram_index_and_normalizes_the_query() -> anyhow::Res
     assert_eq!(found["videos"][0]["work_title"], "Am\u{e9}lie");
     a.stop().await
 }
+
+/// The titles of one page of `instance`'s works listing at `query`, and its
+/// `sync.next_after`.
+async fn titles_and_next(
+    instance: &Instance,
+    query: &str,
+) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    let page = instance.get_json(&format!("/api/v1/works?{query}")).await?;
+    let works = page["works"].as_array().context("no works")?;
+    let titles = works.iter().filter_map(|w| w["title"].as_str().map(str::to_owned)).collect();
+    Ok((titles, page["sync"]["next_after"].as_str().map(str::to_owned)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_read_by_key_skip_no_work_when_an_earlier_one_leaves() -> anyhow::Result<()> {
+    let a = Instance::start("A").await?;
+    sqlx::raw_sql(
+        "INSERT INTO storage_locations (name, storage_type, configuration)
+           VALUES ('shelf', 'local', '{\"path\": \"/nonexistent\"}');
+         INSERT INTO works (title) SELECT format('Work %s', lpad(n::text, 3, '0'))
+           FROM generate_series(1, 25) n;
+         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+           SELECT id, 1, id::text, title || '.mp4', 1 FROM works;",
+    )
+    .execute(a.pool())
+    .await?;
+    let instance = a.get_json("/api/v1/instance").await?;
+    assert!(instance["capabilities"].as_array().is_some_and(|c| c.contains(&json!("works.after"))));
+
+    let (first, after) = titles_and_next(&a, "per_page=10").await?;
+    assert_eq!(first.first().map(String::as_str), Some("Work 001"));
+    let after = after.context("a full page names where the next starts")?;
+
+    // Work 003 leaves the listing between two pages.
+    sqlx::query("UPDATE videos SET removed_at = now() WHERE filename = 'Work 003.mp4'")
+        .execute(a.pool())
+        .await?;
+    // By number, page 2 now starts at Work 012: Work 011 is on no page read.
+    let pages_agree = || async {
+        let (numbered, _) = titles_and_next(&a, "per_page=10&page=2").await?;
+        anyhow::Ok(numbered.first().map(String::as_str) == Some("Work 012"))
+    };
+    for _ in 0..100 {
+        if pages_agree().await? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(pages_agree().await?, "the removal never reached the listing");
+
+    // By key, the reading goes on right after Work 010, to the end.
+    let mut read = first;
+    let mut next = Some(after);
+    let mut page = 2;
+    while let Some(after) = next.take() {
+        let query = format!("per_page=10&page={page}&after={after}");
+        let (titles, after) = titles_and_next(&a, &query).await?;
+        read.extend(titles);
+        next = after;
+        page += 1;
+        assert!(page < 10, "the pages never end");
+    }
+    let expected: Vec<String> = (1..=25).map(|n| format!("Work {n:03}")).collect();
+    assert_eq!(read, expected);
+
+    // What is not a token handed out is refused, and so is one mixed with updated_since.
+    for bad in ["garbage", "7.%21%21", "x.V29yaw", &"1.QQ".repeat(2_000)] {
+        let response = a.admin(reqwest::Method::GET, &format!("/api/v1/works?after={bad}"));
+        let body = expect_json(response.send().await?, StatusCode::BAD_REQUEST).await?;
+        assert_eq!(body["code"], "invalid-after", "{bad}");
+    }
+    let mixed = "/api/v1/works?after=1.QQ&updated_since=2026-01-01T00:00:00Z";
+    let response = a.admin(reqwest::Method::GET, mixed).send().await?;
+    assert_eq!(expect_json(response, StatusCode::BAD_REQUEST).await?["code"], "invalid-after");
+    a.stop().await
+}

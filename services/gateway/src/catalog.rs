@@ -13,8 +13,8 @@ use poem_openapi::{OpenApi, Tags};
 use velour_db::PageRequest;
 use velour_db::catalog::{VideoRow, WorkWithVideos};
 use velour_peer::{
-    InstanceInfo, Pagination, Ping, SYNC_CAPABILITY, SyncState, Tombstone, Video, VideosPage, Work,
-    WorkVideo, WorksPage,
+    AFTER_CAPABILITY, InstanceInfo, Pagination, Ping, SYNC_CAPABILITY, SyncState, Tombstone, Video,
+    VideosPage, Work, WorkVideo, WorksPage,
 };
 
 #[derive(Tags)]
@@ -131,6 +131,38 @@ fn work(listed: WorkWithVideos, access: MetadataAccess) -> Work {
     }
 }
 
+/// The longest `after` accepted: a work's key, with a title of any sensible length.
+const MAX_AFTER_BYTES: usize = 4096;
+
+/// The `after` token naming the listing's key (title, id): `ID.TITLE` with the title in
+/// unpadded URL-safe base64, so the token needs no escaping in a query string. Clients
+/// treat it as opaque.
+fn after_token(title: &str, id: i64) -> String {
+    use base64::Engine;
+    format!("{id}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(title))
+}
+
+fn parse_after(token: &str) -> Result<(String, i64), ApiError> {
+    use base64::Engine;
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid-after",
+            "after must be a sync.next_after this instance handed out, unchanged",
+        )
+    };
+    if token.len() > MAX_AFTER_BYTES {
+        return Err(invalid());
+    }
+    let (id, title) = token.split_once('.').ok_or_else(invalid)?;
+    let id = id.parse::<i64>().map_err(|_| invalid())?;
+    let title = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(title)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(invalid)?;
+    Ok((title, id))
+}
+
 fn tombstone(row: velour_db::catalog::Tombstone) -> Tombstone {
     Tombstone { kind: row.kind, id: row.id, work_id: row.work_id, removed_at: row.removed_at }
 }
@@ -162,7 +194,7 @@ impl CatalogApi {
             total_works: totals.total_works,
             total_videos: totals.total_videos,
             total_storage: totals.total_storage,
-            capabilities: vec![SYNC_CAPABILITY.to_owned()],
+            capabilities: vec![SYNC_CAPABILITY.to_owned(), AFTER_CAPABILITY.to_owned()],
         }))
     }
 
@@ -184,6 +216,9 @@ impl CatalogApi {
         /// RFC 3339. Only works changed at or after this instant, with the tombstones of
         /// what was removed since; pass the `sync.cursor` of the previous listing.
         updated_since: Query<Option<DateTime<Utc>>>,
+        /// The `sync.next_after` of the previous page (capability `works.after`): this
+        /// page starts after that page's last work, and `page` only numbers it.
+        after: Query<Option<String>>,
     ) -> Result<RenderedJson<WorksPage>, ApiError> {
         auth.require_read()?;
         let page = page_request(page.0, per_page.0)?;
@@ -194,16 +229,35 @@ impl CatalogApi {
         let Some(since) = updated_since.0 else {
             // Taken before the rows are read: see `pages`.
             let catalog = state.hot.catalog_version();
-            let key = catalog.map(|catalog| PageKey::new(catalog, page, access));
+            let after = after.0.as_deref().map(parse_after).transpose()?;
+            let key = catalog
+                .filter(|_| after.is_none())
+                .map(|catalog| PageKey::new(catalog, page, access));
             if let Some(body) = key.and_then(|key| state.pages.get(&key)) {
                 return Ok(RenderedJson::kept(body));
             }
-            let listed =
-                velour_db::catalog::list_works_at(&state.pool, &state.listing, catalog, page)
-                    .await
-                    .map_err(db)?;
-            let sync =
-                SyncState { cursor: rfc3339(listed.cursor), deleted: Vec::new(), deleted_count: 0 };
+            let listed = match &after {
+                None => {
+                    velour_db::catalog::list_works_at(&state.pool, &state.listing, catalog, page)
+                        .await
+                        .map_err(db)?
+                }
+                Some((title, id)) => velour_db::catalog::list_works_after(
+                    &state.pool,
+                    &state.listing,
+                    catalog,
+                    (title, *id),
+                    page,
+                )
+                .await
+                .map_err(db)?,
+            };
+            let sync = SyncState {
+                cursor: rfc3339(listed.cursor),
+                deleted: Vec::new(),
+                deleted_count: 0,
+                next_after: listed.next.map(|(title, id)| after_token(&title, id)),
+            };
             let rendered = RenderedJson::render(&WorksPage {
                 works: listed.works.into_iter().map(|w| work(w, access)).collect(),
                 pagination: pagination(page, listed.total),
@@ -214,6 +268,12 @@ impl CatalogApi {
             }
             return Ok(rendered);
         };
+        if after.0.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid-after",
+                "after reads the whole listing; it cannot be combined with updated_since",
+            ));
+        }
         // Taken before the rows are read, so that nothing written meanwhile is missed.
         let cursor = velour_db::catalog::sync_cursor(&state.pool).await.map_err(db)?;
         let cursor = rfc3339(cursor);
@@ -230,6 +290,7 @@ impl CatalogApi {
                 cursor,
                 deleted: deleted.into_iter().map(tombstone).collect(),
                 deleted_count,
+                next_after: None,
             }),
         })
     }

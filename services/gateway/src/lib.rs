@@ -82,6 +82,9 @@ impl GatewayState {
         let stream_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(60))
+            // Below the 30 s the stream service keeps an idle connection open (velour-http),
+            // so that we never pick one it is closing at that moment.
+            .pool_idle_timeout(Duration::from_secs(20))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let defaults = (

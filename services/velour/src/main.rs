@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn({
         let stop = stop.clone();
         async move {
-            let _ = tokio::signal::ctrl_c().await;
+            stop_signal().await;
             tracing::info!("shutting down");
             stop.cancel();
         }
@@ -277,4 +277,24 @@ async fn create_key(
     writeln!(out, "{}", key.expose_secret())?;
     out.flush()?;
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` and Kubernetes send): either starts a graceful
+/// shutdown. Should SIGTERM's handler be refused, Ctrl-C still works.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot listen for SIGTERM"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -298,6 +298,10 @@ enum PeerMode {
     Syncing,
     /// As `Syncing`, but the second page of changes since `c1` fails.
     SyncingSecondChangePageFails,
+    /// Advertises `works.after`: page 1 holds Amélie and says it is the only page, but
+    /// names `k1` as where the next one starts (a work was added meanwhile); after `k1`
+    /// comes Big Buck Bunny, after `k2` nothing. Page 2 by number fails.
+    PagesByKey,
 }
 
 /// A peer speaking just enough HTTP/1.1 for the client: one request per connection.
@@ -372,6 +376,10 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
         .and_then(|p| p.parse().ok())
         .unwrap_or(1);
     let ok = |body: Value| ("200 OK", body.to_string());
+    if mode == PeerMode::PagesByKey {
+        let after = query.split('&').find_map(|pair| pair.strip_prefix("after="));
+        return route_by_key(path, after, page);
+    }
     if matches!(mode, PeerMode::Syncing | PeerMode::SyncingSecondChangePageFails) {
         let since = query.split('&').find_map(|pair| pair.strip_prefix("updated_since="));
         return route_syncing(mode, path, since, page);
@@ -432,6 +440,30 @@ fn route_syncing(
             sync(works_page(2, 2, vec![]), "c2", vec![gone])
         }
         ("/api/v1/works", Some("c2"), 1) => sync(works_page(1, 0, vec![]), "c2", vec![]),
+        _ => ("404 Not Found", "{}".to_owned()),
+    }
+}
+
+fn route_by_key(path: &str, after: Option<&str>, page: i64) -> (&'static str, String) {
+    let ok = |body: Value| ("200 OK", body.to_string());
+    let keyed = |mut body: Value, next: Option<&str>| {
+        body["sync"] = json!({ "cursor": "c1", "next_after": next });
+        ok(body)
+    };
+    match (path, after, page) {
+        ("/api/v1/ping", _, _) => {
+            ok(json!({ "status": "ok", "timestamp": "2026-01-01T00:00:00Z" }))
+        }
+        ("/api/v1/instance", _, _) => ok(json!({
+            "name": "Fake", "version": "0.1.0", "total_works": 1,
+            "capabilities": ["works.after"]
+        })),
+        ("/api/v1/works", None, 1) => keyed(works_page(1, 1, vec![amelie()]), Some("k1")),
+        ("/api/v1/works", Some("k1"), 2) => {
+            keyed(works_page(2, 1, vec![big_buck_bunny()]), Some("k2"))
+        }
+        ("/api/v1/works", Some("k2"), 3) => keyed(works_page(3, 1, vec![]), None),
+        ("/api/v1/works", _, _) => ("500 Internal Server Error", "{}".to_owned()),
         _ => ("404 Not Found", "{}".to_owned()),
     }
 }
@@ -624,6 +656,27 @@ async fn peer_scans_read_every_page_and_keep_saved_pages_when_one_fails() {
         ));
         let error = get_scan_run(&pool, run_id).await.unwrap().error.unwrap_or_default();
         assert_eq!(error, "the peer refused our key on /api/v1/ping (HTTP 401)");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_that_pages_by_key_is_read_past_its_first_count_until_a_page_ends_it() {
+    with_database(|pool| async move {
+        let peer = FakePeer::start().await;
+        peer.set(PeerMode::PagesByKey);
+        let state = state(&pool);
+        let config = json!({ "remote_instance_url": peer.url.as_str() });
+        let location = add_location(&pool, "Peer", StorageType::Velour, config).await;
+
+        let (_, counts) = scan(&state, location).await;
+        let counts = counts.unwrap();
+        assert_eq!((counts.works_added, counts.videos_added), (2, 2), "{counts:?}");
+        let asked: Vec<String> =
+            peer.take_requests().into_iter().filter(|t| t.starts_with("/api/v1/works")).collect();
+        assert_eq!(asked.len(), 3, "{asked:?}");
+        assert!(asked[1].contains("after=k1") && asked[1].contains("page=2"), "{asked:?}");
+        assert!(asked[2].contains("after=k2") && asked[2].contains("page=3"), "{asked:?}");
     })
     .await;
 }

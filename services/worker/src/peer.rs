@@ -11,7 +11,10 @@ use velour_core::normalize_title;
 use velour_db::connections;
 use velour_db::ingest::{self, FoundVideo, FoundWork};
 use velour_db::locations::{self, LocationWithSecrets};
-use velour_peer::{PeerClient, PeerError, RotatedKey, SYNC_CAPABILITY, Work, WorkVideo, WorksPage};
+use velour_peer::{
+    AFTER_CAPABILITY, PeerClient, PeerError, RotatedKey, SYNC_CAPABILITY, Work, WorkVideo,
+    WorksPage,
+};
 
 /// Works asked for per page: the most a Velour peer serves at once.
 const PER_PAGE: u32 = 100;
@@ -38,7 +41,8 @@ pub(crate) async fn scan_peer(
     // listings. With one, an unchanged peer costs one small request: no ping, no
     // `/instance`, one page that lists nothing.
     if let Some(cursor) = locations::sync_cursor(pool, scan.location_id).await? {
-        let listing = read_listing(scan, &client, &base_url, Some(&cursor), tally).await?;
+        let pages = Pages::Changes(&cursor);
+        let listing = read_listing(scan, &client, &base_url, pages, tally).await?;
         if let Some(next) = listing.next_cursor {
             locations::set_sync_cursor(pool, scan.location_id, Some(&next)).await?;
             info!(incremental = true, "peer changes read");
@@ -54,15 +58,18 @@ pub(crate) async fn scan_peer(
     let client = rotate_key_if_expiring(scan, client).await?;
     let instance = client.instance().await?;
     let incremental = instance.capabilities.iter().any(|c| c == SYNC_CAPABILITY);
+    let by_key = instance.capabilities.iter().any(|c| c == AFTER_CAPABILITY);
     info!(
         peer.name = %instance.name,
         peer.version = %instance.version,
         peer.total_works = instance.total_works,
         peer.incremental = incremental,
+        peer.pages_by_key = by_key,
         "peer answered"
     );
 
-    let listing = read_listing(scan, &client, &base_url, None, tally).await?;
+    let pages = if by_key { Pages::AfterKey } else { Pages::Numbered };
+    let listing = read_listing(scan, &client, &base_url, pages, tally).await?;
     // Only a complete listing gets here: every failure above returned early.
     let sweep =
         ingest::remove_unseen_videos(pool, scan.location_id, &tally.seen_video_ids()).await?;
@@ -81,6 +88,23 @@ struct Listing {
 
 /// The longest cursor accepted from a peer; ours are RFC 3339 timestamps (~30 bytes).
 const MAX_CURSOR_BYTES: usize = 256;
+/// The longest `sync.next_after` sent back to a peer; ours name a work by id and title.
+const MAX_AFTER_BYTES: usize = 4096;
+
+/// How a listing's pages are asked for.
+#[derive(Clone, Copy, Debug)]
+enum Pages<'a> {
+    /// The whole catalog, by page number (peers of the original design). A work removed
+    /// from an earlier page while the pages are read shifts the rest, and one of them is
+    /// then on no page read.
+    Numbered,
+    /// The whole catalog, each page after the last work of the one before (`works.after`):
+    /// every work listed throughout the reading is on a page read.
+    AfterKey,
+    /// The works changed after this cursor, with tombstones, by page number: a change
+    /// made while they are read only adds to the set, which the next reading covers.
+    Changes(&'a str),
+}
 
 /// Reads every page of the peer's listing: the whole catalog, or with `since` the changes
 /// after that cursor. Each page is saved as it comes. With `since`, a first page without
@@ -90,21 +114,23 @@ async fn read_listing(
     scan: &ScanContext<'_>,
     client: &PeerClient,
     base_url: &str,
-    since: Option<&str>,
+    pages: Pages<'_>,
     tally: &mut Tally,
 ) -> Result<Listing, ScanFailure> {
+    let since = match pages {
+        Pages::Changes(cursor) => Some(cursor),
+        Pages::Numbered | Pages::AfterKey => None,
+    };
+    let by_key = matches!(pages, Pages::AfterKey);
     let mut page_number: u32 = 1;
     let mut last_page_allowed: Option<i64> = None;
     let mut next_cursor: Option<String> = None;
-    // TODO(#5): page numbers over a listing that changes while it is read can skip a work
-    // (one deleted on an earlier page shifts the rest); a full scan then removes its videos
-    // until the peer changes it again. Keyset pages (`after=title,id`) would close this.
     // The next page is fetched while this one is saved: the peer's work and ours overlap.
     let mut prefetched: Option<Result<WorksPage, PeerError>> = None;
     loop {
         let page = match prefetched.take() {
             Some(fetched) => fetched?,
-            None => fetch_page(client, since, page_number).await?,
+            None => fetch_page(client, pages, page_number, None).await?,
         };
         let pagination = page.pagination;
         if pagination.current_page != i64::from(page_number) {
@@ -140,6 +166,13 @@ async fn read_listing(
             *last_page_allowed.get_or_insert(pagination.total_pages.saturating_add(EXTRA_PAGES));
         debug!(page = page_number, total_pages = pagination.total_pages, "peer page read");
         let tombstones = since.and(page.sync.as_ref()).map_or(0, |s| s.deleted.len());
+        // By key, a page that is not full is the last, and an empty one after the first
+        // ends the listing: whatever the total said when it was counted, works may have
+        // left it since. (The first page is read by number and checked as such.)
+        let after = if by_key { next_after(&page)? } else { None };
+        if by_key && page.works.is_empty() && page_number > 1 {
+            break;
+        }
         if page.works.is_empty() && tombstones == 0 {
             // An empty page before the last one means the listing changed under us or the
             // peer is inconsistent; either way this is not a complete listing, and removing
@@ -158,12 +191,15 @@ async fn read_listing(
         // the peer's own word, so they apply page by page).
         let number = i64::from(page_number);
         let saving = save_page(scan, base_url, &page, since.is_some());
-        let next = page_number
-            .checked_add(1)
-            .filter(|_| number < pagination.total_pages && number < allowed);
+        // By key the listing goes on while pages are full, also past the total counted
+        // at the first page: works added meanwhile before the reading's position push
+        // the last ones further on.
+        let more = if by_key { after.is_some() } else { number < pagination.total_pages };
+        let next = page_number.checked_add(1).filter(|_| more && number < allowed);
         let page_tally = match next {
             Some(next) => {
-                let (saved, fetched) = tokio::join!(saving, fetch_page(client, since, next));
+                let fetching = fetch_page(client, pages, next, after.as_deref());
+                let (saved, fetched) = tokio::join!(saving, fetching);
                 prefetched = Some(fetched);
                 saved?
             }
@@ -171,7 +207,7 @@ async fn read_listing(
         };
         tally.merge(page_tally);
 
-        if number >= pagination.total_pages {
+        if !more {
             break;
         }
         if number >= allowed {
@@ -187,15 +223,37 @@ async fn read_listing(
     Ok(Listing { next_cursor })
 }
 
+/// Page `page` of the listing; by key, `after` is the previous page's `sync.next_after`.
 async fn fetch_page(
     client: &PeerClient,
-    since: Option<&str>,
+    pages: Pages<'_>,
     page: u32,
+    after: Option<&str>,
 ) -> Result<WorksPage, PeerError> {
-    match since {
-        Some(cursor) => client.works_page_since(cursor, page, PER_PAGE).await,
-        None => client.works_page(page, PER_PAGE).await,
+    match (pages, after) {
+        (Pages::Changes(cursor), _) => client.works_page_since(cursor, page, PER_PAGE).await,
+        (Pages::AfterKey, Some(after)) => client.works_page_after(after, page, PER_PAGE).await,
+        (Pages::Numbered | Pages::AfterKey, _) => client.works_page(page, PER_PAGE).await,
     }
+}
+
+/// Where the page after `page` starts, for a peer that pages by key: `None` when `page`
+/// is the last.
+fn next_after(page: &WorksPage) -> Result<Option<String>, ScanFailure> {
+    let Some(after) = page.sync.as_ref().and_then(|s| s.next_after.clone()) else {
+        return Ok(None);
+    };
+    if after.is_empty() || after.len() > MAX_AFTER_BYTES {
+        return Err(ScanFailure::PeerListing(
+            "the peer's sync.next_after is empty or too long".to_owned(),
+        ));
+    }
+    if page.works.is_empty() {
+        return Err(ScanFailure::PeerListing(
+            "the peer named a next page after an empty one".to_owned(),
+        ));
+    }
+    Ok(Some(after))
 }
 
 /// A peer is scanned only with federation on and its connection, if it has one, active:

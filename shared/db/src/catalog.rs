@@ -161,6 +161,24 @@ pub struct ListedPage {
     pub total: i64,
     /// Where the next incremental read (`list_changed_works`) may start.
     pub cursor: DateTime<Utc>,
+    /// The key (title, id) of the page's last work when the page is full: where the next
+    /// page starts (`list_works_after`). `None` on a page that is not full.
+    pub next: Option<(String, i64)>,
+}
+
+impl ListedPage {
+    async fn read(
+        pool: &PgPool,
+        works: Vec<WorkRow>,
+        limit: i64,
+        total: i64,
+        cursor: DateTime<Utc>,
+    ) -> Result<Self, DbError> {
+        let full = i64::try_from(works.len()).is_ok_and(|n| n >= limit);
+        let next = works.last().filter(|_| full).map(|w| (w.title.clone(), w.id));
+        let works = with_videos(pool, works).await?;
+        Ok(Self { works, total, cursor, next })
+    }
 }
 
 impl ListingCache {
@@ -306,8 +324,35 @@ pub async fn list_works_at(
         }
     };
 
-    let works = with_videos(pool, works).await?;
-    Ok(ListedPage { works, total, cursor })
+    ListedPage::read(pool, works, page.limit(), total, cursor).await
+}
+
+/// The works listed after the work whose key (title, id) is `after`, as many as `page`
+/// holds (its number plays no part), with what `list_works_at` reports. Reading a listing this way, each page after the last work of
+/// the one before, sees every work listed throughout the reading exactly once, whatever
+/// joins or leaves it meanwhile (titles never change).
+pub async fn list_works_after(
+    pool: &PgPool,
+    cache: &ListingCache,
+    catalog: Option<u64>,
+    after: (&str, i64),
+    page: PageRequest,
+) -> Result<ListedPage, DbError> {
+    let ListingHead { cursor, total, .. } = cache.head(pool, catalog).await?;
+    let works: Vec<WorkRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{WORK_SELECT}
+         FROM (SELECT w.id FROM works w
+               WHERE {PRESENT_WORK} AND (w.title, w.id) > ($2, $3)
+               ORDER BY w.title, w.id LIMIT $1) page
+         JOIN works w ON w.id = page.id
+         ORDER BY w.title, w.id"
+    )))
+    .bind(page.limit())
+    .bind(after.0)
+    .bind(after.1)
+    .fetch_all(pool)
+    .await?;
+    ListedPage::read(pool, works, page.limit(), total, cursor).await
 }
 
 const WORK_SELECT: &str = "SELECT w.id, w.title, w.year, w.description, w.director, w.rating,

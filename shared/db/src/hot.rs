@@ -11,9 +11,11 @@
 //! thrown away.
 //!
 //! API keys are not kept: revoking a key must refuse the very next request on every
-//! replica, and a notification arrives a moment after the commit that caused it. A
-//! location answered from memory for that moment is harmless: its videos are read from
-//! the catalog first, and a rotated peer key keeps working through its grace period.
+//! replica, and a notification arrives a moment after the commit that caused it. A row
+//! answered from memory for that moment is the row as it was just before: a video removed
+//! or moved a moment ago may still be streamed from where it was (as a request that
+//! started a moment earlier would be), and a rotated peer key keeps working through its
+//! grace period.
 
 use crate::DbError;
 use crate::catalog::{self, VideoRow};

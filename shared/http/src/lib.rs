@@ -21,20 +21,34 @@ use poem::{Endpoint, Request};
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
 /// How long a client may take to send a request's headers once it started: a connection
 /// that trickles them (slowloris) is closed instead of held.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The pause after a failed accept (out of file descriptors, say) before the next one, so
-/// that a lasting failure does not spin.
+
+/// How long a new connection may take to bring its first request: the TLS handshake and
+/// HTTP/2's preface come before any header timer of hyper's runs, so a client sending
+/// nothing, or half a handshake, would otherwise hold a socket (and a file descriptor)
+/// for as long as it likes.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// HTTP/2 pings on a connection that has been quiet this long, and gives up on one that
+/// does not answer within `H2_PING_TIMEOUT`: a peer gone without a word is let go.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// The pause after a failed accept (out of file descriptors, say) before the next one,
+/// doubled on each failure in a row up to `ACCEPT_BACKOFF_MAX`, so that a lasting failure
+/// neither spins nor floods the log.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Serves `endpoint` on the connections `acceptor` accepts until `shutdown` resolves; then
 /// waits up to `grace` for requests in flight and cuts what is left.
 pub async fn serve<A, E>(
-    mut acceptor: A,
+    acceptor: A,
     endpoint: E,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
@@ -42,10 +56,30 @@ pub async fn serve<A, E>(
     A: Acceptor,
     E: Endpoint + 'static,
 {
+    serve_waiting(acceptor, endpoint, shutdown, grace, FIRST_REQUEST_TIMEOUT).await;
+}
+
+/// `serve`, with new connections given `first_request` to bring a request.
+async fn serve_waiting<A, E>(
+    mut acceptor: A,
+    endpoint: E,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    first_request: Duration,
+) where
+    A: Acceptor,
+    E: Endpoint + 'static,
+{
     let endpoint = Arc::new(endpoint);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let mut backoff = ACCEPT_BACKOFF;
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -56,8 +90,12 @@ pub async fn serve<A, E>(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = acceptor.accept() => match accepted {
                 Ok((io, local, remote, scheme)) => {
+                    backoff = ACCEPT_BACKOFF;
                     let endpoint = Arc::clone(&endpoint);
+                    let started = Arc::new(AtomicBool::new(false));
+                    let asked = Arc::clone(&started);
                     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                        asked.store(true, Ordering::Relaxed);
                         let req = Request::from((req, local.clone(), remote.clone(), scheme.clone()));
                         let endpoint = Arc::clone(&endpoint);
                         async move {
@@ -70,16 +108,31 @@ pub async fn serve<A, E>(
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     connections.spawn(async move {
-                        let connection = builder.serve_connection(TokioIo::new(io), service);
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                        let connection = watcher.watch(connection);
+                        tokio::pin!(connection);
+                        let ended = tokio::select! {
+                            ended = &mut connection => ended,
+                            () = tokio::time::sleep(first_request) => {
+                                if !started.load(Ordering::Relaxed) {
+                                    tracing::debug!("no request within the first request timeout");
+                                    return;
+                                }
+                                // The deadline only bounds the wait for a first request.
+                                connection.await
+                            }
+                        };
                         // A client that goes away mid-answer is routine for a video server.
-                        if let Err(err) = watcher.watch(connection).await {
+                        if let Err(err) = ended {
                             tracing::debug!(error = %err, "connection ended with an error");
                         }
                     });
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "could not accept a connection");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tracing::warn!(error = %err, retry_in = ?backoff, "could not accept a connection");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             },
         }
@@ -115,8 +168,9 @@ mod tests {
 
     #[handler]
     fn endless() -> Body {
+        // Chunks large enough that what loopback buffered drains at once once it is cut.
         Body::from_bytes_stream(stream::repeat_with(|| {
-            Ok::<_, io::Error>(Bytes::from_static(b"x"))
+            Ok::<_, io::Error>(Bytes::from_static(&[b'x'; 65_536]))
         }))
     }
 
@@ -129,8 +183,48 @@ mod tests {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve(acceptor, app, shutdown, Duration::from_millis(300)));
+        let (grace, first_request) = (Duration::from_millis(300), Duration::from_millis(500));
+        let task = tokio::spawn(serve_waiting(acceptor, app, shutdown, grace, first_request));
         (base, stop, task)
+    }
+
+    /// Reads `stream` until the server closes it (true) or `within` passes (false).
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let read_to_end = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, read_to_end).await.is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_brings_no_request_is_closed_and_one_that_did_is_kept() {
+        use tokio::io::AsyncWriteExt;
+        let (base, _stop, _task) = start().await;
+        let addr = base.trim_start_matches("http://");
+
+        // Silent, and half an HTTP/2 preface: both let go after the first request timeout.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut preface = tokio::net::TcpStream::connect(addr).await.unwrap();
+        preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let started = Instant::now();
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "silent kept");
+        assert!(closed_within(&mut preface, Duration::from_secs(5)).await, "preface kept");
+        assert!(started.elapsed() >= Duration::from_millis(400), "closed too early");
+
+        // A keep-alive connection that made a request outlives that deadline.
+        let mut asked = tokio::net::TcpStream::connect(addr).await.unwrap();
+        asked.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut asked, &mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 404");
+        assert!(!closed_within(&mut asked, Duration::from_secs(1)).await, "closed after a request");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

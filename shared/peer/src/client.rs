@@ -177,6 +177,23 @@ impl PeerClient {
         self.get_json(&format!("api/v1/works?page={page}&per_page={per_page}")).await
     }
 
+    /// The page of the peer's works after the last work of the previous page, whose
+    /// `sync.next_after` was `after`; `page` numbers it. Only for peers that advertise
+    /// `works.after`.
+    pub async fn works_page_after(
+        &self,
+        after: &str,
+        page: u32,
+        per_page: u32,
+    ) -> Result<WorksPage, PeerError> {
+        let mut url = self.url("api/v1/works")?;
+        url.query_pairs_mut()
+            .append_pair("after", after)
+            .append_pair("page", &page.to_string())
+            .append_pair("per_page", &per_page.to_string());
+        self.get_json_at(url).await
+    }
+
     /// One page of the works changed since `cursor` (a `sync.cursor` the peer gave us),
     /// with the tombstones of what it removed. Only for peers that advertise
     /// `works.updated_since`; others ignore the parameter and list everything.

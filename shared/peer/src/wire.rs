@@ -42,6 +42,11 @@ pub struct InstanceInfo {
 /// cursor in `sync`.
 pub const SYNC_CAPABILITY: &str = "works.updated_since";
 
+/// The capability of `GET /api/v1/works?after=`: pages that start after the last work of
+/// the previous one (`sync.next_after`) rather than at a position, so that a work removed
+/// from an earlier page while the listing is read shifts nothing and no work is skipped.
+pub const AFTER_CAPABILITY: &str = "works.after";
+
 /// Where a listing stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Object)]
 pub struct Pagination {
@@ -136,6 +141,10 @@ pub struct SyncState {
     /// changed works, and its `total_pages` covers the tombstones' pages too.
     #[serde(default)]
     pub deleted_count: i64,
+    /// Without `updated_since`: pass this as `after`, with the next page's number, to read
+    /// the works after this page's last one; null on a page that is not full (the last).
+    #[serde(default)]
+    pub next_after: Option<String>,
 }
 
 /// A video or work that left the catalog.
