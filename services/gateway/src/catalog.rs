@@ -230,10 +230,8 @@ impl CatalogApi {
             // Taken before the rows are read: see `pages`.
             let catalog = state.hot.catalog_version();
             let after = after.0.as_deref().map(parse_after).transpose()?;
-            let key = catalog
-                .filter(|_| after.is_none())
-                .map(|catalog| PageKey::new(catalog, page, access));
-            if let Some(body) = key.and_then(|key| state.pages.get(&key)) {
+            let key = catalog.map(|catalog| PageKey::new(catalog, page, after.clone(), access));
+            if let Some(body) = key.as_ref().and_then(|key| state.pages.get(key)) {
                 return Ok(RenderedJson::kept(body));
             }
             let listed = match &after {

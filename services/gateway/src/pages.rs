@@ -24,17 +24,24 @@ use velour_db::PageRequest;
 const TIME_TO_LIVE: Duration = Duration::from_secs(60);
 
 /// Which page, as whom, at which state of the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PageKey {
     catalog: u64,
     page: u32,
     per_page: u32,
+    /// The work the page starts after (`after`), when it was asked for by key.
+    after: Option<(String, i64)>,
     access: MetadataAccess,
 }
 
 impl PageKey {
-    pub fn new(catalog: u64, page: PageRequest, access: MetadataAccess) -> Self {
-        Self { catalog, page: page.page(), per_page: page.per_page(), access }
+    pub fn new(
+        catalog: u64,
+        page: PageRequest,
+        after: Option<(String, i64)>,
+        access: MetadataAccess,
+    ) -> Self {
+        Self { catalog, page: page.page(), per_page: page.per_page(), after, access }
     }
 }
 
@@ -98,7 +105,7 @@ mod tests {
 
     fn key(catalog: u64, page: u32) -> PageKey {
         let page = PageRequest::new(Some(i64::from(page)), Some(50)).expect("valid page");
-        PageKey::new(catalog, page, MetadataAccess::Shown)
+        PageKey::new(catalog, page, None, MetadataAccess::Shown)
     }
 
     #[test]
@@ -109,6 +116,8 @@ mod tests {
         assert_eq!(cache.get(&key(3, 2)), None);
         let withheld = PageKey { access: MetadataAccess::Withheld, ..key(3, 1) };
         assert_eq!(cache.get(&withheld), None);
+        let by_key = PageKey { after: Some(("Film".into(), 7)), ..key(3, 1) };
+        assert_eq!(cache.get(&by_key), None);
 
         // A newer version throws the old pages away; a page read at an older version
         // than one already seen is not kept.
