@@ -168,6 +168,14 @@ async fn search_uses_the_trigram_index_and_normalizes_the_query() -> anyhow::Res
 
     let plan = velour_db::catalog::explain_search(pool, "amélie").await?;
     assert!(plan.contains("works_title_trgm_idx"), "{plan}");
+    // The gateway searches on sessions that plan once, without the pattern: that plan
+    // finds the works through the trigram index too.
+    let planned_once = velour_db::planned_once(pool);
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&planned_once).await?;
+    assert_eq!(mode, "force_generic_plan");
+    let plan = velour_db::catalog::explain_search(&planned_once, "amélie").await?;
+    assert!(plan.contains("works_title_trgm_idx") && plan.contains("$1"), "{plan}");
+    planned_once.close().await;
 
     // The title is stored composed; a query typed decomposed (e + U+0301) still finds it,
     // in any case.

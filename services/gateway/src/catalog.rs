@@ -329,7 +329,7 @@ impl CatalogApi {
         if query.contains('\0') {
             return Err(ApiError::bad_request("invalid-query", "query must not contain NUL"));
         }
-        let (rows, total) = velour_db::catalog::search_videos(&state.pool, query, page)
+        let (rows, total) = velour_db::catalog::search_videos(&state.search_pool, query, page)
             .await
             .map_err(|e| ApiError::from_db(e, "videos"))?;
         Ok(WireJson(VideosPage {

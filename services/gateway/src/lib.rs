@@ -40,6 +40,8 @@ pub const SPEC_PATH: &str = "/api/v1/openapi.json";
 #[derive(Clone)]
 pub struct GatewayState {
     pub pool: sqlx::PgPool,
+    /// For searches: see `velour_db::planned_once`.
+    pub search_pool: sqlx::PgPool,
     pub scans: ScanStorage,
     pub stream_http: reqwest::Client,
     /// The stream service's base URL, ending with `/`.
@@ -96,6 +98,7 @@ impl GatewayState {
             audit: audit::AuditSink::start(pool.clone()),
             listing: Default::default(),
             hot: velour_db::hot::HotRows::start(&pool),
+            search_pool: velour_db::planned_once(&pool),
             pages: pages::PageCache::new(GatewaySettings::DEFAULT_CATALOG_CACHE_BYTES),
             peer_guard: velour_peer::AddressGuard::default(),
             pool,

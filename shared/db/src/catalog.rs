@@ -437,6 +437,8 @@ const SEARCH_SELECT: &str = concat!(
 );
 
 /// Present videos whose work title contains `query` (case-insensitive, NFC-normalized).
+/// `pool` is best a `planned_once` pool: each statement here has one plan whatever the
+/// pattern, chosen below.
 pub async fn search_videos(
     pool: &PgPool,
     query: &str,
@@ -486,13 +488,28 @@ pub async fn search_videos(
 /// The plan Postgres picks for a search's page query, as `EXPLAIN` prints it: for tests
 /// and for operators checking that the trigram index is used.
 pub async fn explain_search(pool: &PgPool, query: &str) -> Result<String, DbError> {
+    use sqlx::Connection;
     let pattern = like_pattern(&velour_core::normalize_title(query));
-    let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN {SEARCH_SELECT} ORDER BY w.title, v.id LIMIT 50"
+    // Prepared and run by name, as the search's own statement is, so that the plan shown
+    // is the one the session would use: on a `planned_once` session, the generic plan.
+    // The connection leaves the pool and is closed after, prepared statement and all.
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE velour_explain_search(TEXT, BIGINT, BIGINT) AS
+         {SEARCH_SELECT} ORDER BY w.title, v.id LIMIT $2 OFFSET $3"
     )))
-    .bind(&pattern)
-    .fetch_all(pool)
+    .execute(&mut conn)
     .await?;
+    // EXECUTE's arguments take no bound parameters: the pattern goes in as a literal that
+    // Postgres itself quoted.
+    let literal: String =
+        sqlx::query_scalar("SELECT quote_literal($1)").bind(&pattern).fetch_one(&mut conn).await?;
+    let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE velour_explain_search({literal}, 50, 0)"
+    )))
+    .fetch_all(&mut conn)
+    .await?;
+    conn.close().await?;
     Ok(lines.join("\n"))
 }
 
