@@ -350,9 +350,11 @@ struct PageWork<'a> {
 }
 
 /// Saves one page in one transaction, and returns what it saw once it is committed.
-// TODO(#5): a full scan of 100,000 works still takes ~68 s on a loaded VM (target 60 s);
-// not profiled between the peer's answer (fetched while the previous page is saved) and
-// our two upserts per page.
+// TODO(#5): a full scan of 100,000 works takes 40-55 s on one two-core VM and 72 s on a
+// slower one (target 60 s). The videos statement is most of a page's save (27 ms idle, 85
+// ms during a scan): on a first scan each work is written twice, inserted by the works
+// statement and updated by the present-video count, never as a HOT update since the
+// listing's partial index reads that count.
 /// The page costs a handful of statements whatever its size: its works in one upsert,
 /// its videos in another, its tombstones in a third.
 async fn save_page(
