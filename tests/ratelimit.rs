@@ -229,3 +229,31 @@ async fn signed_urls_spend_their_keys_stream_quota_and_are_audited() -> anyhow::
     assert_eq!(seen[2].0, 429, "{page}");
     a.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_entries_wait_out_a_moment_when_the_database_cannot_take_them() -> anyhow::Result<()>
+{
+    let a = Instance::start("A").await?;
+    let (key_id, key) = member_key(&a, "peer").await?;
+    let base = a.base.clone();
+
+    // The log's table is out of reach (as during a failover): the entries wait.
+    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_away").execute(a.pool()).await?;
+    for _ in 0..3 {
+        let pinged = call(&a, &base, Method::GET, "/api/v1/ping", &key).await?;
+        assert_eq!(pinged.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log_away").fetch_one(a.pool()).await?;
+    assert_eq!(written, 0);
+
+    // Back within the retries: every entry is written, once.
+    sqlx::query("ALTER TABLE audit_log_away RENAME TO audit_log").execute(a.pool()).await?;
+    let page = audit_page(&a, &format!("key_id={key_id}"), 3).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let page_again = audit_page(&a, &format!("key_id={key_id}"), 3).await?;
+    assert_eq!(page["pagination"]["total_count"], 3, "{page}");
+    assert_eq!(page_again["pagination"]["total_count"], 3, "{page_again}");
+    a.stop().await
+}

@@ -1,6 +1,7 @@
 //! Writing the audit log off the request path: requests hand their entry to a bounded
 //! channel, and one task per gateway writes what it holds in batches.
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::StreamExt;
@@ -10,7 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use velour_db::DbError;
 use velour_db::audit::AuditEntry;
 
 /// Entries waiting to be written. A full channel means the database is far behind: entries
@@ -24,34 +27,75 @@ const BATCH: usize = 500;
 #[derive(Clone)]
 pub struct AuditSink {
     sender: mpsc::Sender<AuditEntry>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
+
+type Counter = Arc<AtomicU64>;
 
 impl AuditSink {
     /// Starts the task that writes entries to `pool`. It ends once every sink is dropped
     /// and the channel is drained.
     pub fn start(pool: PgPool) -> Self {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        tokio::spawn(write_entries(pool, receiver));
-        Self { sender, dropped: Arc::new(AtomicU64::new(0)) }
+        let dropped = Counter::default();
+        tokio::spawn(write_entries(pool, receiver, dropped.clone()));
+        Self { sender, dropped }
+    }
+
+    /// Entries dropped so far: refused by a full queue, or lost with a batch the database
+    /// did not take.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Queues an entry without waiting.
     pub fn record(&self, entry: AuditEntry) {
         if self.sender.try_send(entry).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // TODO(#5): export the count of dropped audit entries as a metric.
             tracing::error!(dropped, "audit log queue full or closed; entry dropped");
         }
     }
 }
 
-async fn write_entries(pool: PgPool, mut receiver: mpsc::Receiver<AuditEntry>) {
+/// Retries of a batch the database did not take: 0.1 s doubling to 5 s, twelve in all
+/// (about 40 s), so that a database restart or failover loses nothing, while a lasting
+/// outage drops entries (counted) rather than holding them without bound.
+fn retries() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(12)
+}
+
+/// Whether writing the batch again may succeed: not when its rows themselves were refused
+/// (a constraint or a value Postgres rejected), which no wait will change.
+fn may_pass_later(err: &DbError) -> bool {
+    match err {
+        DbError::Sqlx(sqlx::Error::Database(db)) => {
+            let class = db.code().map(|code| code.chars().take(2).collect::<String>());
+            !matches!(class.as_deref(), Some("22" | "23"))
+        }
+        _ => true,
+    }
+}
+
+async fn write_entries(pool: PgPool, mut receiver: mpsc::Receiver<AuditEntry>, dropped: Counter) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        if let Err(err) = velour_db::audit::insert_entries(&pool, &batch).await {
-            // TODO(#5): retry a failed batch once the database is back instead of losing it.
-            tracing::error!(error = %err, entries = batch.len(), "could not write audit entries");
+        let written = (|| velour_db::audit::insert_entries(&pool, &batch))
+            .retry(retries())
+            .when(may_pass_later)
+            .notify(|err, wait| {
+                tracing::warn!(error = %err, entries = batch.len(), retry_in = ?wait,
+                    "could not write audit entries; trying again");
+            })
+            .await;
+        if let Err(err) = written {
+            let lost = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            let dropped = dropped.fetch_add(lost, Ordering::Relaxed) + lost;
+            // TODO(#5): export the count of dropped audit entries as a metric.
+            tracing::error!(error = %err, entries = batch.len(), dropped,
+                "audit entries lost: the database did not take them");
         }
         batch.clear();
     }
