@@ -11,7 +11,7 @@
 # Targets (#5): full scan < 60 s, unchanged rescan < 2 s, worker < 200 MiB, listing p99 <
 # 25 ms, search p99 < 50 ms.
 #
-# Needs PostgreSQL and Redis as scripts/setup leaves them; installs wrk if missing. Uses
+# Needs PostgreSQL and Redis as scripts/setup leaves them; installs wrk and jq if missing. Uses
 # databases velour_bench_fa and velour_bench_fb and Redis databases 11 and 12, recreated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +20,9 @@ works=${WORKS:-100000}
 seconds=${SECONDS_PER_RUN:-10}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v wrk >/dev/null 2>&1; then
+if ! command -v wrk >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk jq >/dev/null
 fi
 
 cargo build --release --locked -p velour >&2
