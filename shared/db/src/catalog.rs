@@ -328,9 +328,10 @@ pub async fn list_works_at(
 }
 
 /// The works listed after the work whose key (title, id) is `after`, as many as `page`
-/// holds (its number plays no part), with what `list_works_at` reports. Reading a listing this way, each page after the last work of
-/// the one before, sees every work listed throughout the reading exactly once, whatever
-/// joins or leaves it meanwhile (titles never change).
+/// holds (its number plays no part), with what `list_works_at` reports. Reading a listing
+/// this way, each page after the last work of the one before, sees every work listed
+/// throughout the reading exactly once, whatever joins or leaves it meanwhile (titles
+/// never change).
 pub async fn list_works_after(
     pool: &PgPool,
     cache: &ListingCache,

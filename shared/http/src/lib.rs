@@ -96,7 +96,8 @@ async fn serve_waiting<A, E>(
                     let asked = Arc::clone(&started);
                     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                         asked.store(true, Ordering::Relaxed);
-                        let req = Request::from((req, local.clone(), remote.clone(), scheme.clone()));
+                        let (local, remote) = (local.clone(), remote.clone());
+                        let req = Request::from((req, local, remote, scheme.clone()));
                         let endpoint = Arc::clone(&endpoint);
                         async move {
                             let response = endpoint.get_response(req).await;
@@ -130,7 +131,8 @@ async fn serve_waiting<A, E>(
                     });
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "could not accept a connection");
+                    tracing::warn!(error = %err, retry_in = ?backoff,
+                        "could not accept a connection");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
