@@ -59,10 +59,10 @@ async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow:
     a.scan(folder).await?;
     let (key_id, key) = member_key(&a, "B").await?;
 
-    // A advertises the extension, beside the original design's fields.
+    // A advertises the extensions, beside the original design's fields.
     let info = a.http.get(a.url("/api/v1/instance")).bearer_auth(&key).send().await?;
     let info = expect_json(info, StatusCode::OK).await?;
-    assert_eq!(info["capabilities"], json!(["works.updated_since"]), "{info}");
+    assert_eq!(info["capabilities"], json!(["works.updated_since", "works.after"]), "{info}");
     assert_eq!(info["total_works"], 3);
 
     // A cursor reaches one second back (CURSOR_OVERLAP, against transactions that commit
@@ -251,7 +251,7 @@ async fn pages_read_by_key_skip_no_work_when_an_earlier_one_leaves() -> anyhow::
     assert_eq!(read, expected);
 
     // What is not a token handed out is refused, and so is one mixed with updated_since.
-    for bad in ["garbage", "7.%21%21", "x.V29yaw", &"1.QQ".repeat(2_000)] {
+    for bad in ["garbage", "7.%21%21", "x.V29yaw", "1.AA", &"1.QQ".repeat(2_000)] {
         let response = a.admin(reqwest::Method::GET, &format!("/api/v1/works?after={bad}"));
         let body = expect_json(response.send().await?, StatusCode::BAD_REQUEST).await?;
         assert_eq!(body["code"], "invalid-after", "{bad}");

@@ -159,6 +159,8 @@ fn parse_after(token: &str) -> Result<(String, i64), ApiError> {
         .decode(title)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
+        // Postgres text holds no NUL, so no title has one.
+        .filter(|title| !title.contains('\0'))
         .ok_or_else(invalid)?;
     Ok((title, id))
 }

@@ -79,11 +79,12 @@ impl GatewayState {
         instance_name: String,
     ) -> anyhow::Result<Self> {
         let conn = velour_jobs::connect(redis.redis_url.as_str()).await?;
-        // Only connecting needs a bound: the stream service may rightly take hours to send
-        // a film, but it must not leave us waiting to start.
+        // Connecting and the answer's start are bounded (`stream::STREAM_ANSWER_TIMEOUT`);
+        // the body is not: the stream service may rightly take hours to send a film, and a
+        // player that stops reading while its buffer is full stops it for as long as it
+        // likes (a read timeout here counted that pause and cut the film).
         let stream_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(60))
             // Below the 30 s the stream service keeps an idle connection open (velour-http),
             // so that we never pick one it is closing at that moment.
             .pool_idle_timeout(Duration::from_secs(20))

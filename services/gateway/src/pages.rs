@@ -23,6 +23,11 @@ use velour_db::PageRequest;
 /// notification as the stream services' kept rows.
 const TIME_TO_LIVE: Duration = Duration::from_secs(60);
 
+/// What a kept page costs beside its body and the title in its key: moka's entry, the
+/// key, the `Bytes` (a generous round figure). Without it, many tiny pages asked for
+/// after long titles would hold far more memory than the budget says.
+const ENTRY_OVERHEAD: usize = 256;
+
 /// Which page, as whom, at which state of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PageKey {
@@ -68,7 +73,10 @@ impl PageCache {
         let pages = (budget_bytes > 0).then(|| {
             Cache::builder()
                 .max_capacity(budget_bytes)
-                .weigher(|_: &PageKey, body: &Bytes| u32::try_from(body.len()).unwrap_or(u32::MAX))
+                .weigher(|key: &PageKey, body: &Bytes| {
+                    let title = key.after.as_ref().map_or(0, |(title, _)| title.len());
+                    u32::try_from(ENTRY_OVERHEAD + title + body.len()).unwrap_or(u32::MAX)
+                })
                 .time_to_live(TIME_TO_LIVE)
                 .build()
         });
@@ -134,9 +142,15 @@ mod tests {
         for page in 1..=100 {
             cache.insert(key(1, page), Bytes::from(vec![b' '; 1_000]));
         }
+        // Empty pages after long titles weigh their keys too.
+        for id in 1..=100 {
+            let after = Some(("t".repeat(2_000), id));
+            cache.insert(PageKey { after, ..key(1, 1) }, Bytes::from_static(b"[]"));
+        }
         let pages = cache.pages.as_ref().expect("a budget keeps pages");
         pages.run_pending_tasks();
         assert!(pages.weighted_size() <= 10_000, "kept {} bytes", pages.weighted_size());
+        assert!(pages.entry_count() <= 10, "kept {} pages", pages.entry_count());
         assert!(pages.entry_count() > 0);
 
         let none = PageCache::new(0);

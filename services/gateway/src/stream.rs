@@ -13,6 +13,9 @@ use poem_openapi::payload::{Binary, Response};
 use poem_openapi::{ApiResponse, OpenApi};
 use reqwest::header::{self, HeaderMap, HeaderName};
 
+/// How long the stream service may take to start its answer (status and headers).
+const STREAM_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Request headers that shape a ranged or conditional read, passed on as they came.
 const FORWARDED_REQUEST: [HeaderName; 7] = [
     header::AUTHORIZATION,
@@ -169,17 +172,24 @@ async fn relay_to(
         }
     }
 
-    let upstream = state.stream_http.request(method, url).headers(headers).send().await;
-    let upstream = match upstream {
-        Ok(response) => response,
-        Err(err) if err.is_timeout() => {
+    let sent = state.stream_http.request(method, url).headers(headers).send();
+    let upstream = match tokio::time::timeout(STREAM_ANSWER_TIMEOUT, sent).await {
+        Ok(Ok(response)) => response,
+        Err(_) => {
+            tracing::warn!(video.id = id, "stream service timed out");
+            return Err(ApiError::GatewayTimeout(error_json(
+                "stream-timeout",
+                "the stream service did not answer in time",
+            )));
+        }
+        Ok(Err(err)) if err.is_timeout() => {
             tracing::warn!(video.id = id, error = %err, "stream service timed out");
             return Err(ApiError::GatewayTimeout(error_json(
                 "stream-timeout",
                 "the stream service did not answer in time",
             )));
         }
-        Err(err) => {
+        Ok(Err(err)) => {
             tracing::error!(video.id = id, error = %err, "stream service unreachable");
             return Err(ApiError::unavailable(
                 "stream-unavailable",

@@ -302,6 +302,8 @@ enum PeerMode {
     /// names `k1` as where the next one starts (a work was added meanwhile); after `k1`
     /// comes Big Buck Bunny, after `k2` nothing. Page 2 by number fails.
     PagesByKey,
+    /// As `PagesByKey`, but page 1 names no next page while counting three.
+    PagesByKeyEndEarly,
 }
 
 /// A peer speaking just enough HTTP/1.1 for the client: one request per connection.
@@ -376,8 +378,13 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
         .and_then(|p| p.parse().ok())
         .unwrap_or(1);
     let ok = |body: Value| ("200 OK", body.to_string());
-    if mode == PeerMode::PagesByKey {
+    if matches!(mode, PeerMode::PagesByKey | PeerMode::PagesByKeyEndEarly) {
         let after = query.split('&').find_map(|pair| pair.strip_prefix("after="));
+        if mode == PeerMode::PagesByKeyEndEarly && path == "/api/v1/works" {
+            let mut body = works_page(1, 3, vec![amelie()]);
+            body["sync"] = json!({ "cursor": "c1", "next_after": null });
+            return ("200 OK", body.to_string());
+        }
         return route_by_key(path, after, page);
     }
     if matches!(mode, PeerMode::Syncing | PeerMode::SyncingSecondChangePageFails) {
@@ -677,6 +684,19 @@ async fn a_peer_that_pages_by_key_is_read_past_its_first_count_until_a_page_ends
         assert_eq!(asked.len(), 3, "{asked:?}");
         assert!(asked[1].contains("after=k1") && asked[1].contains("page=2"), "{asked:?}");
         assert!(asked[2].contains("after=k2") && asked[2].contains("page=3"), "{asked:?}");
+
+        // A listing that names no next page before the last the peer counts is not whole:
+        // the scan fails and removes nothing.
+        peer.set(PeerMode::PagesByKeyEndEarly);
+        let (_, outcome) = scan(&state, location).await;
+        let err = outcome.expect_err("an early end is not a complete listing").to_string();
+        assert!(err.contains("ended at page 1"), "{err}");
+        let present: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM videos WHERE removed_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(present, 2);
     })
     .await;
 }

@@ -166,12 +166,15 @@ async fn read_listing(
             *last_page_allowed.get_or_insert(pagination.total_pages.saturating_add(EXTRA_PAGES));
         debug!(page = page_number, total_pages = pagination.total_pages, "peer page read");
         let tombstones = since.and(page.sync.as_ref()).map_or(0, |s| s.deleted.len());
-        // By key, a page that is not full is the last, and an empty one after the first
-        // ends the listing: whatever the total said when it was counted, works may have
-        // left it since. (The first page is read by number and checked as such.)
+        // By key, the page that names no next one is the last (an empty one after the
+        // first included), once `keyed_end` agrees it may be. (The first page is read by
+        // number, and an empty one is checked as such below.)
         let after = if by_key { next_after(&page)? } else { None };
-        if by_key && page.works.is_empty() && page_number > 1 {
-            break;
+        if by_key && after.is_none() {
+            keyed_end(&page, page_number)?;
+            if page.works.is_empty() && page_number > 1 {
+                break;
+            }
         }
         if page.works.is_empty() && tombstones == 0 {
             // An empty page before the last one means the listing changed under us or the
@@ -235,6 +238,29 @@ async fn fetch_page(
         (Pages::AfterKey, Some(after)) => client.works_page_after(after, page, PER_PAGE).await,
         (Pages::Numbered | Pages::AfterKey, _) => client.works_page(page, PER_PAGE).await,
     }
+}
+
+/// Whether `page`, which names no next page, may end a listing read by key. Not when it is
+/// full: a peer that pages by key names the next page after every full one, so this answer
+/// came from something that does not (an older replica behind the same address, which
+/// also ignores `after`). Not before the last page the peer counts as it answered: the
+/// count is taken afresh for every page, so works that left the listing meanwhile lower
+/// it. Either way what was read is not the whole listing, and the sweep must not run.
+fn keyed_end(page: &WorksPage, number: u32) -> Result<(), ScanFailure> {
+    let full = u32::try_from(page.works.len()).is_ok_and(|n| n >= PER_PAGE);
+    if full {
+        return Err(ScanFailure::PeerListing(format!(
+            "page {number} is full but names no next page (sync.next_after); the peer does \
+             not page by key after all"
+        )));
+    }
+    if i64::from(number) < page.pagination.total_pages {
+        return Err(ScanFailure::PeerListing(format!(
+            "the listing by key ended at page {number} though the peer counts {} pages",
+            page.pagination.total_pages
+        )));
+    }
+    Ok(())
 }
 
 /// Where the page after `page` starts, for a peer that pages by key: `None` when `page`

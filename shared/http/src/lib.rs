@@ -35,10 +35,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// for as long as it likes.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// HTTP/2 pings on a connection that has been quiet this long, and gives up on one that
-/// does not answer within `H2_PING_TIMEOUT`: a peer gone without a word is let go.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+// No HTTP/2 keep-alive pings: hyper pings once nothing was read from the client for a
+// while, which during a download is always, and the ping's answer then waits behind what
+// is queued for a slow reader: such downloads were cut at about 50 s.
 /// The pause after a failed accept (out of file descriptors, say) before the next one,
 /// doubled on each failure in a row up to `ACCEPT_BACKOFF_MAX`, so that a lasting failure
 /// neither spins nor floods the log.
@@ -73,11 +72,6 @@ async fn serve_waiting<A, E>(
     let endpoint = Arc::new(endpoint);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
     let graceful = GracefulShutdown::new();
     let mut backoff = ACCEPT_BACKOFF;
     let mut connections = JoinSet::new();
