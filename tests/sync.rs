@@ -261,3 +261,57 @@ async fn pages_read_by_key_skip_no_work_when_an_earlier_one_leaves() -> anyhow::
     assert_eq!(expect_json(response, StatusCode::BAD_REQUEST).await?["code"], "invalid-after");
     a.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_location_removes_its_videos_and_the_works_left_without_any()
+-> anyhow::Result<()> {
+    let library = tempfile::tempdir()?;
+    make_video(&library.path().join("Alpha (2001).mp4"), H264_AAC, 1)?;
+    make_video(&library.path().join("Beta.mp4"), H264_AAC, 1)?;
+    let a = Instance::start("A").await?;
+    let first = a.add_local_location("films", library.path()).await?;
+    let second = a.add_local_location("films again", library.path()).await?;
+    a.scan(first).await?;
+    a.scan(second).await?;
+    let videos = |works: &[Value]| {
+        works.iter().map(|w| w["videos"].as_array().map_or(0, Vec::len)).sum::<usize>()
+    };
+    assert_eq!(videos(&a.all_works().await?), 4);
+
+    let delete = |id: i64| {
+        a.admin(reqwest::Method::DELETE, &format!("/api/v1/admin/storage_locations/{id}"))
+    };
+    // Each work still has a video in the first location.
+    let removed = expect_json(delete(second).send().await?, StatusCode::OK).await?;
+    assert_eq!(
+        (removed["videos_removed"].as_i64(), removed["works_removed"].as_i64()),
+        (Some(2), Some(0))
+    );
+    let works = a.all_works().await?;
+    assert_eq!((works.len(), videos(&works)), (2, 2));
+
+    // A location being scanned stays.
+    sqlx::query("INSERT INTO scan_runs (storage_location_id) VALUES ($1)")
+        .bind(first)
+        .execute(a.pool())
+        .await?;
+    let refused = expect_json(delete(first).send().await?, StatusCode::CONFLICT).await?;
+    assert_eq!(refused["code"], "scan-active");
+    sqlx::query("UPDATE scan_runs SET state = 'failed' WHERE storage_location_id = $1")
+        .bind(first)
+        .execute(a.pool())
+        .await?;
+
+    let removed = expect_json(delete(first).send().await?, StatusCode::OK).await?;
+    assert_eq!(
+        (removed["videos_removed"].as_i64(), removed["works_removed"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert!(a.all_works().await?.is_empty());
+    let works_left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM works").fetch_one(a.pool()).await?;
+    assert_eq!(works_left, 0);
+    let gone = expect_json(delete(first).send().await?, StatusCode::NOT_FOUND).await?;
+    assert_eq!(gone["code"], "not-found");
+    a.stop().await
+}

@@ -106,6 +106,15 @@ pub struct StorageLocationUpdate {
     pub rescan_interval_secs: MaybeUndefined<i64>,
 }
 
+/// What deleting a storage location removed.
+#[derive(Debug, Object)]
+pub struct DeletedLocation {
+    pub id: i64,
+    pub videos_removed: u64,
+    /// Works left without any video.
+    pub works_removed: u64,
+}
+
 #[derive(Debug, Object)]
 pub struct StorageLocation {
     pub id: i64,
@@ -601,6 +610,37 @@ impl AdminApi {
         let reconfigured = fields.is_some();
         tracing::info!(location.id = row.id, reconfigured, "location updated");
         Ok(Json(location_json(row)))
+    }
+
+    /// Deletes a storage location with its videos and scan history; works left without
+    /// any video go too, and peers learn of the videos' removal from their tombstones.
+    /// 409 `scan-active` while a scan of it is queued or running.
+    #[oai(
+        path = "/storage_locations/:id",
+        method = "delete",
+        operation_id = "delete_storage_location"
+    )]
+    async fn delete_location(
+        &self,
+        _auth: AdminKeyAuth,
+        state: Data<&GatewayState>,
+        id: Path<i64>,
+    ) -> Result<Json<DeletedLocation>, ApiError> {
+        let removed = velour_db::locations::delete_location(&state.pool, id.0)
+            .await
+            .map_err(|e| ApiError::from_db(e, "storage location"))?;
+        state.hot.catalog_changed_here();
+        tracing::info!(
+            location.id = id.0,
+            videos_removed = removed.videos_removed,
+            works_removed = removed.works_removed,
+            "location deleted"
+        );
+        Ok(Json(DeletedLocation {
+            id: id.0,
+            videos_removed: removed.videos_removed,
+            works_removed: removed.works_removed,
+        }))
     }
 
     /// Queues a scan of the location. A scan already queued or running there is joined

@@ -303,6 +303,7 @@ impl ConnectionsApi {
         let deleted = velour_db::connections::delete_connection(&state.pool, id.0)
             .await
             .map_err(|e| ApiError::from_db(e, "connection"))?;
+        state.hot.catalog_changed_here();
         tracing::info!(
             connection.id = id.0,
             keys_revoked = deleted.keys_revoked,

@@ -274,21 +274,9 @@ pub async fn delete_connection(pool: &PgPool, id: i64) -> Result<DeletedConnecti
 
     let mut deleted = DeletedConnection { keys_revoked, ..DeletedConnection::default() };
     if let Some(location_id) = connection.storage_location_id {
-        let work_ids: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM videos WHERE storage_location_id = $1 RETURNING work_id",
-        )
-        .bind(location_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        deleted.videos_removed = work_ids.len() as u64;
-        deleted.works_removed = sqlx::query(
-            "DELETE FROM works w WHERE w.id = ANY($1)
-             AND NOT EXISTS (SELECT 1 FROM videos v WHERE v.work_id = w.id)",
-        )
-        .bind(&work_ids)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let removed = crate::locations::remove_videos_of(&mut tx, location_id).await?;
+        deleted.videos_removed = removed.videos_removed;
+        deleted.works_removed = removed.works_removed;
         sqlx::query("DELETE FROM storage_locations WHERE id = $1")
             .bind(location_id)
             .execute(&mut *tx)

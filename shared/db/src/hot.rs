@@ -104,6 +104,13 @@ impl HotRows {
         self.is_live().then_some(version)
     }
 
+    /// Moves the catalog's version on in this process at once, for a change it committed
+    /// itself: its next reads do not wait for the announcement to come back, so a caller
+    /// sees its own change. Other processes move on when the announcement reaches them.
+    pub fn catalog_changed_here(&self) {
+        self.inner.catalog_changed();
+    }
+
     /// `locations::get_location_with_secrets`, answered from memory when it can be.
     pub async fn location(
         &self,

@@ -299,3 +299,67 @@ pub async fn set_sync_cursor(pool: &PgPool, id: i64, cursor: Option<&str>) -> Re
         .await?;
     Ok(())
 }
+
+/// What deleting a storage location removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemovedVideos {
+    pub videos_removed: u64,
+    /// Works left without any video (a work another location still holds stays).
+    pub works_removed: u64,
+}
+
+/// Deletes the videos of location `location_id` and the works that are left without any,
+/// in the caller's transaction; peers learn of the videos through their tombstones.
+// TODO(#5): the videos' thumbnails stay in the asset store (their rows go with them).
+pub(crate) async fn remove_videos_of(
+    tx: &mut sqlx::PgConnection,
+    location_id: i64,
+) -> Result<RemovedVideos, DbError> {
+    let work_ids: Vec<i64> =
+        sqlx::query_scalar("DELETE FROM videos WHERE storage_location_id = $1 RETURNING work_id")
+            .bind(location_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let works_removed = sqlx::query(
+        "DELETE FROM works w WHERE w.id = ANY($1)
+         AND NOT EXISTS (SELECT 1 FROM videos v WHERE v.work_id = w.id)",
+    )
+    .bind(&work_ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(RemovedVideos { videos_removed: work_ids.len() as u64, works_removed })
+}
+
+/// Deletes location `id` with its videos, its scan history and the works left without
+/// any video. Refused with `scan-active` while a scan of it is queued or running (the
+/// scan would write into a location that is gone); a federation connection reading its
+/// peer through it is kept, without a location.
+pub async fn delete_location(pool: &PgPool, id: i64) -> Result<RemovedVideos, DbError> {
+    let mut tx = pool.begin().await?;
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM storage_locations WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    found.ok_or(DbError::NotFound)?;
+    let scanning: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM scan_runs
+                        WHERE storage_location_id = $1 AND state IN ('queued', 'running'))",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if scanning {
+        return Err(DbError::Refused {
+            code: "scan-active",
+            message: "a scan of this location is queued or running; delete it once the scan \
+                      has ended"
+                .to_owned(),
+        });
+    }
+    let removed = remove_videos_of(&mut tx, id).await?;
+    sqlx::query("DELETE FROM storage_locations WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(removed)
+}
