@@ -164,21 +164,7 @@ pub async fn update_location(
         });
     }
     if configuration.is_some() {
-        let scanning: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM scan_runs
-                            WHERE storage_location_id = $1 AND state IN ('queued', 'running'))",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if scanning {
-            return Err(DbError::Refused {
-                code: "scan-active",
-                message: "a scan of this location is queued or running; change its \
-                          configuration once the scan has ended"
-                    .to_owned(),
-            });
-        }
+        refuse_while_scanned(&mut tx, id, "change its configuration").await?;
     }
     let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE storage_locations
@@ -343,6 +329,20 @@ pub async fn delete_location(pool: &PgPool, id: i64) -> Result<RemovedVideos, Db
             .fetch_optional(&mut *tx)
             .await?;
     found.ok_or(DbError::NotFound)?;
+    refuse_while_scanned(&mut tx, id, "delete it").await?;
+    let removed = remove_videos_of(&mut tx, id).await?;
+    sqlx::query("DELETE FROM storage_locations WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(removed)
+}
+
+/// `scan-active` while a scan of location `id` is queued or running: what the caller was
+/// about to do (`what`, "delete it") must wait for it to end.
+async fn refuse_while_scanned(
+    tx: &mut sqlx::PgConnection,
+    id: i64,
+    what: &str,
+) -> Result<(), DbError> {
     let scanning: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM scan_runs
                         WHERE storage_location_id = $1 AND state IN ('queued', 'running'))",
@@ -353,13 +353,10 @@ pub async fn delete_location(pool: &PgPool, id: i64) -> Result<RemovedVideos, Db
     if scanning {
         return Err(DbError::Refused {
             code: "scan-active",
-            message: "a scan of this location is queued or running; delete it once the scan \
-                      has ended"
-                .to_owned(),
+            message: format!(
+                "a scan of this location is queued or running; {what} once the scan has ended"
+            ),
         });
     }
-    let removed = remove_videos_of(&mut tx, id).await?;
-    sqlx::query("DELETE FROM storage_locations WHERE id = $1").bind(id).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(removed)
+    Ok(())
 }
