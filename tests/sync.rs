@@ -315,3 +315,62 @@ async fn deleting_a_location_removes_its_videos_and_the_works_left_without_any()
     assert_eq!(gone["code"], "not-found");
     a.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_another_scan_is_saving_to_outlives_a_location_deleted_meanwhile()
+-> anyhow::Result<()> {
+    use velour_db::locations::{RemovedVideos, delete_location};
+    let db = velour_tests::TestDb::create().await?;
+    let pool = db.pool.clone();
+    let (old, new): (i64, i64) = sqlx::query_as(
+        "WITH l AS (INSERT INTO storage_locations (name, storage_type, configuration)
+                    VALUES ('old', 'local', '{\"path\": \"/old\"}'),
+                           ('new', 'local', '{\"path\": \"/new\"}') RETURNING id)
+         SELECT min(id), max(id) FROM l",
+    )
+    .fetch_one(&pool)
+    .await?;
+    // The work's only video so far is one `old` no longer has.
+    sqlx::query(
+        "WITH w AS (INSERT INTO works (title) VALUES ('Kept') RETURNING id)
+         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size,
+                             removed_at)
+         SELECT id, $1, 'kept.mp4', 'kept.mp4', 1, now() FROM w",
+    )
+    .bind(old)
+    .execute(&pool)
+    .await?;
+
+    // A scan of `new` finds the work, and has not saved its video yet.
+    let mut saving = pool.begin().await?;
+    let found = velour_db::ingest::FoundWork { title: "Kept", ..Default::default() };
+    let (work, _) = velour_db::ingest::upsert_work(&mut saving, &found).await?;
+    let deleting = tokio::spawn({
+        let pool = pool.clone();
+        async move { delete_location(&pool, old).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!deleting.is_finished(), "the delete did not wait for the work being saved to");
+    sqlx::query(
+        "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+         VALUES ($1, $2, 'kept.mp4', 'kept.mp4', 1)",
+    )
+    .bind(work)
+    .bind(new)
+    .execute(&mut *saving)
+    .await?;
+    saving.commit().await?;
+
+    let removed = deleting.await??;
+    assert_eq!(removed, RemovedVideos { videos_removed: 1, works_removed: 0 });
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM videos WHERE storage_location_id = $1")
+            .bind(new)
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(kept, 1);
+    // And a scan asked for the deleted location finds it gone.
+    let gone = velour_db::scans::enqueue_scan_run(&pool, old).await;
+    assert!(matches!(gone, Err(velour_db::DbError::NotFound)), "{gone:?}");
+    db.drop_database().await
+}

@@ -34,7 +34,14 @@ pub async fn queue_due_rescans(
         let due = claim_due_rescans(pool, CLAIM_BATCH, state.federation.enabled).await?;
         let claimed = due.len();
         for location_id in due {
-            let (run, created) = scans::enqueue_scan_run(pool, location_id).await?;
+            let (run, created) = match scans::enqueue_scan_run(pool, location_id).await {
+                Ok(queued) => queued,
+                Err(DbError::NotFound) => {
+                    debug!(location.id = location_id, "location deleted before its rescan");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             if !created {
                 debug!(location.id = location_id, scan_run.id = run.id, "rescan joins a scan");
                 continue;

@@ -130,12 +130,15 @@ async fn find_work(
     year: Option<i32>,
 ) -> Result<Option<ExistingWork>, DbError> {
     // `year IS NOT DISTINCT FROM $2` cannot use an index; this form lets the unique index
-    // on (title, year) find the title, then filters its few rows by year.
+    // on (title, year) find the title, then filters its few rows by year. The share lock
+    // keeps the work until the caller's transaction ends: deleting a location (which
+    // deletes works left without videos) waits, then sees the video saved with it.
     let id = sqlx::query_as(
         "SELECT id, description IS NULL AS lacks_description, director IS NULL AS lacks_director,
                 rating IS NULL AS lacks_rating
          FROM works
-         WHERE title = $1 AND (year = $2 OR (year IS NULL AND $2::INTEGER IS NULL))",
+         WHERE title = $1 AND (year = $2 OR (year IS NULL AND $2::INTEGER IS NULL))
+         FOR KEY SHARE",
     )
     .bind(title)
     .bind(year)

@@ -306,8 +306,12 @@ pub(crate) async fn remove_videos_of(
             .bind(location_id)
             .fetch_all(&mut *tx)
             .await?;
+    // `present_videos = 0` is checked again on the row as it stands once its lock is ours:
+    // a scan elsewhere that added a video to the work meanwhile (and so counted it on the
+    // row) keeps the work, which `NOT EXISTS`, reading from before that scan committed,
+    // would not see.
     let works_removed = sqlx::query(
-        "DELETE FROM works w WHERE w.id = ANY($1)
+        "DELETE FROM works w WHERE w.id = ANY($1) AND w.present_videos = 0
          AND NOT EXISTS (SELECT 1 FROM videos v WHERE v.work_id = w.id)",
     )
     .bind(&work_ids)
@@ -323,6 +327,12 @@ pub(crate) async fn remove_videos_of(
 /// peer through it is kept, without a location.
 pub async fn delete_location(pool: &PgPool, id: i64) -> Result<RemovedVideos, DbError> {
     let mut tx = pool.begin().await?;
+    // Connections first, as deleting a connection takes them (then its location): the
+    // location's deletion updates the connections that read through it.
+    sqlx::query("SELECT id FROM federation_connections WHERE storage_location_id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     let found: Option<i64> =
         sqlx::query_scalar("SELECT id FROM storage_locations WHERE id = $1 FOR UPDATE")
             .bind(id)

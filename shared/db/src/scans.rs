@@ -60,7 +60,12 @@ pub async fn enqueue_scan_run(
     )
     .bind(location_id)
     .fetch_optional(pool)
-    .await?;
+    .await
+    .map_err(|err| match &err {
+        // The location is gone (perhaps deleted while this waited for its row).
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => DbError::NotFound,
+        _ => DbError::Sqlx(err),
+    })?;
 
     if let Some(id) = inserted {
         return Ok((get_scan_run(pool, id).await?, true));
