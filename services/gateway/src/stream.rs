@@ -175,26 +175,20 @@ async fn relay_to(
     let sent = state.stream_http.request(method, url).headers(headers).send();
     let upstream = match tokio::time::timeout(STREAM_ANSWER_TIMEOUT, sent).await {
         Ok(Ok(response)) => response,
-        Err(_) => {
-            tracing::warn!(video.id = id, "stream service timed out");
-            return Err(ApiError::GatewayTimeout(error_json(
-                "stream-timeout",
-                "the stream service did not answer in time",
-            )));
-        }
-        Ok(Err(err)) if err.is_timeout() => {
-            tracing::warn!(video.id = id, error = %err, "stream service timed out");
-            return Err(ApiError::GatewayTimeout(error_json(
-                "stream-timeout",
-                "the stream service did not answer in time",
-            )));
-        }
-        Ok(Err(err)) => {
+        Ok(Err(err)) if !err.is_timeout() => {
             tracing::error!(video.id = id, error = %err, "stream service unreachable");
             return Err(ApiError::unavailable(
                 "stream-unavailable",
                 "the stream service is unreachable; try again shortly",
             ));
+        }
+        // No connection, or no answer, in time.
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(video.id = id, "stream service timed out");
+            return Err(ApiError::GatewayTimeout(error_json(
+                "stream-timeout",
+                "the stream service did not answer in time",
+            )));
         }
     };
 

@@ -186,12 +186,7 @@ impl PeerClient {
         page: u32,
         per_page: u32,
     ) -> Result<WorksPage, PeerError> {
-        let mut url = self.url("api/v1/works")?;
-        url.query_pairs_mut()
-            .append_pair("after", after)
-            .append_pair("page", &page.to_string())
-            .append_pair("per_page", &per_page.to_string());
-        self.get_json_at(url).await
+        self.works_page_with(("after", after), page, per_page).await
     }
 
     /// One page of the works changed since `cursor` (a `sync.cursor` the peer gave us),
@@ -203,9 +198,19 @@ impl PeerClient {
         page: u32,
         per_page: u32,
     ) -> Result<WorksPage, PeerError> {
+        self.works_page_with(("updated_since", cursor), page, per_page).await
+    }
+
+    /// A page of the works listing with one more query parameter, escaped.
+    async fn works_page_with(
+        &self,
+        (name, value): (&str, &str),
+        page: u32,
+        per_page: u32,
+    ) -> Result<WorksPage, PeerError> {
         let mut url = self.url("api/v1/works")?;
         url.query_pairs_mut()
-            .append_pair("updated_since", cursor)
+            .append_pair(name, value)
             .append_pair("page", &page.to_string())
             .append_pair("per_page", &per_page.to_string());
         self.get_json_at(url).await
