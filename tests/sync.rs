@@ -39,6 +39,12 @@ async fn audit_entries(
     Ok(entries)
 }
 
+/// The titles of every work `instance` lists, in its order.
+async fn titles(instance: &Instance) -> anyhow::Result<Vec<String>> {
+    let works = instance.all_works().await?;
+    Ok(works.iter().filter_map(|w| w["title"].as_str().map(str::to_owned)).collect())
+}
+
 async fn sync_cursor(instance: &Instance, location: i64) -> anyhow::Result<Option<String>> {
     let cursor = sqlx::query_scalar("SELECT sync_cursor FROM storage_locations WHERE id = $1")
         .bind(location)
@@ -110,13 +116,7 @@ async fn a_peer_is_rescanned_by_its_changes_and_deletions_propagate() -> anyhow:
     let third = b.scan(peer).await?;
     assert_eq!(counts(&third, "videos"), [0, 0, 0, 1], "{third}");
     assert_eq!(counts(&third, "works")[3], 1, "{third}");
-    let titles: Vec<String> = b
-        .all_works()
-        .await?
-        .iter()
-        .filter_map(|w| w["title"].as_str().map(str::to_owned))
-        .collect();
-    assert_eq!(titles, ["Alpha", "Gamma"]);
+    assert_eq!(titles(&b).await?, ["Alpha", "Gamma"]);
     assert_ne!(sync_cursor(&b, peer).await?, Some(cursor));
 
     // A location deleted outright on A (its rows gone, not marked) still leaves
@@ -373,4 +373,61 @@ async fn a_work_another_scan_is_saving_to_outlives_a_location_deleted_meanwhile(
     let gone = velour_db::scans::enqueue_scan_run(&pool, old).await;
     assert!(matches!(gone, Err(velour_db::DbError::NotFound)), "{gone:?}");
     db.drop_database().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_whose_cursor_is_older_than_the_tombstones_kept_reads_everything_again()
+-> anyhow::Result<()> {
+    let library = tempfile::tempdir()?;
+    for name in ["Alpha.mp4", "Beta.mp4", "Gamma.mp4"] {
+        make_video(&library.path().join(name), H264_AAC, 1)?;
+    }
+    let a = Instance::start("A").await?;
+    let b = Instance::start("B").await?;
+    let folder = a.add_local_location("films", library.path()).await?;
+    a.scan(folder).await?;
+    let (_, key) = member_key(&a, "B").await?;
+    let peer = b.add_peer_location("A", &a, &key).await?;
+    b.scan(peer).await?;
+    assert_eq!(b.all_works().await?.len(), 3);
+
+    // Beta leaves A, and B last read A's changes long ago: A has since pruned the
+    // tombstones B would need (Beta's among them).
+    std::fs::remove_file(library.path().join("Beta.mp4"))?;
+    a.scan(folder).await?;
+    sqlx::query(
+        "UPDATE videos SET removed_at = now() - interval '40 days' WHERE removed_at IS NOT NULL",
+    )
+    .execute(a.pool())
+    .await?;
+    let old_cursor = (chrono::Utc::now() - chrono::Duration::days(41))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    sqlx::query("UPDATE storage_locations SET sync_cursor = $2 WHERE id = $1")
+        .bind(peer)
+        .bind(&old_cursor)
+        .execute(b.pool())
+        .await?;
+    let before = chrono::Utc::now() - chrono::Duration::days(30);
+    velour_db::maintenance::prune_tombstones(a.pool(), before).await?;
+    let horizon = velour_db::maintenance::tombstone_horizon(a.pool()).await?;
+    assert!(horizon.is_some(), "nothing was pruned");
+
+    // A refuses changes since a cursor from before what it forgot, and serves later ones.
+    let since = |cursor: &str| format!("/api/v1/works?updated_since={}", urlencode(cursor));
+    let refused = a.http.get(a.url(&since(&old_cursor))).bearer_auth(&key).send().await?;
+    let refused = expect_json(refused, StatusCode::GONE).await?;
+    assert_eq!(refused["code"], "cursor-too-old", "{refused}");
+    let recent = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let served = a.http.get(a.url(&since(&recent))).bearer_auth(&key).send().await?;
+    expect_json(served, StatusCode::OK).await?;
+
+    // B's next scan reads A whole instead, and its sweep removes Beta.
+    let rescan = b.scan(peer).await?;
+    assert_eq!(counts(&rescan, "videos"), [2, 0, 0, 1], "{rescan}");
+    assert_eq!(titles(&b).await?, ["Alpha", "Gamma"]);
+    let cursor = sync_cursor(&b, peer).await?.context("no cursor after the full scan")?;
+    assert_ne!(cursor, old_cursor);
+
+    b.stop().await?;
+    a.stop().await
 }

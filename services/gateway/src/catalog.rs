@@ -206,6 +206,8 @@ impl CatalogApi {
     /// `updated_since`, only the works changed since then are listed, and `sync.deleted`
     /// holds the tombstones of videos and works removed since then. Every answer carries
     /// `sync.cursor`, the `updated_since` to use next time once all pages are read.
+    /// Tombstones are kept for a while (`VELOUR_TOMBSTONE_RETENTION_DAYS`): a cursor from
+    /// before the oldest kept gets 410 `cursor-too-old`, and the reader starts over.
     #[oai(path = "/works", method = "get", operation_id = "list_works")]
     async fn works(
         &self,
@@ -284,6 +286,20 @@ impl CatalogApi {
             velour_db::catalog::list_changed_works(&state.pool, since, page).await.map_err(db)?;
         let (deleted, deleted_count) =
             velour_db::catalog::list_tombstones(&state.pool, since, page).await.map_err(db)?;
+        // Read after the tombstones: a prune commits its horizon with its deletions, so
+        // tombstones read without a prune's deletions are whole, and a read that saw them
+        // finds the horizon here.
+        let horizon = velour_db::maintenance::tombstone_horizon(&state.pool).await.map_err(db)?;
+        if let Some(horizon) = horizon.filter(|horizon| since <= *horizon) {
+            return Err(ApiError::gone(
+                "cursor-too-old",
+                format!(
+                    "removals up to {} are no longer kept; read the whole listing again, \
+                     without updated_since",
+                    rfc3339(horizon)
+                ),
+            ));
+        }
         let mut pagination = pagination(page, total);
         pagination.total_pages = pagination.total_pages.max(page.total_pages(deleted_count));
         RenderedJson::render(&WorksPage {

@@ -53,6 +53,11 @@ pub enum ApiError {
     /// The request conflicts with what exists (a duplicate name).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// `updated_since` is older than the tombstones this instance keeps
+    /// (`cursor-too-old`): some removals since then are forgotten. Read the whole listing
+    /// again, without it.
+    #[oai(status = 410)]
+    Gone(Json<ErrorBody>),
     /// The request body is larger than this API accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
@@ -138,6 +143,10 @@ impl ApiError {
 
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {
         Self::Conflict(body(code, message))
+    }
+
+    pub fn gone(code: &str, message: impl Into<String>) -> Self {
+        Self::Gone(body(code, message))
     }
 
     pub fn unavailable(code: &str, message: impl Into<String>) -> Self {

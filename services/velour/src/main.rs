@@ -83,6 +83,26 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Manage the secrets the catalog keeps sealed (keys for peers, S3 secret keys).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every location's secrets again with VELOUR_SECRETS_KEY, opening them with it
+    /// or with VELOUR_SECRETS_KEY_PREVIOUS. All or nothing; running it twice is harmless.
+    Rekey {
+        #[command(flatten)]
+        db: DatabaseSettings,
+        /// Also delete the key the catalog kept for itself (only with VELOUR_SECRETS_KEY
+        /// set): a dump of the database then holds no key to its secrets. Every service
+        /// must already run with VELOUR_SECRETS_KEY.
+        #[arg(long)]
+        drop_catalog_key: bool,
+    },
 }
 
 #[derive(Args)]
@@ -199,6 +219,9 @@ async fn main() -> anyhow::Result<()> {
                 create_key(&db, &name, admin, permissions).await
             }
         },
+        Command::Secrets { command } => match command {
+            SecretsCommand::Rekey { db, drop_catalog_key } => rekey(&db, drop_catalog_key).await,
+        },
     }
 }
 
@@ -276,6 +299,20 @@ async fn create_key(
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", key.expose_secret())?;
     out.flush()?;
+    Ok(())
+}
+
+async fn rekey(db: &DatabaseSettings, drop_catalog_key: bool) -> anyhow::Result<()> {
+    let pool = velour_db::connect_and_migrate(db).await.context("DATABASE_URL")?;
+    let cipher = velour_db::secrets::SecretsCipher::new(&db.secrets);
+    let done = velour_db::secrets::reseal_location_secrets(&pool, &cipher, drop_catalog_key)
+        .await
+        .context("nothing was changed")?;
+    tracing::info!(
+        locations = done.locations,
+        dropped_catalog_key = done.dropped_catalog_key,
+        "every location's secrets are sealed with the current key"
+    );
     Ok(())
 }
 

@@ -1513,6 +1513,114 @@ async fn location_secrets_are_stored_sealed_and_open_only_with_their_key() {
 }
 
 #[tokio::test]
+async fn secrets_move_from_the_catalogs_key_to_given_keys_without_a_moment_unreadable() {
+    use velour_core::settings::{PreviousSecretsKey, SecretsKey};
+    use velour_db::locations::get_location_with_secrets;
+    use velour_db::secrets::{Resealed, reseal_location_secrets};
+    with_database(|pool| async move {
+        let stored = || async {
+            sqlx::query_scalar::<_, String>("SELECT secrets::text FROM storage_locations")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        let api_key = |cipher: SecretsCipher, id: i64| {
+            let pool = pool.clone();
+            async move {
+                get_location_with_secrets(&pool, &cipher, id)
+                    .await
+                    .map(|opened| opened.secret_str("api_key").map(str::to_owned))
+            }
+        };
+        let add = |cipher: SecretsCipher, name: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let new = NewLocation {
+                    name,
+                    storage_type: StorageType::Velour,
+                    configuration: json!({ "remote_instance_url": "https://peer.example/" }),
+                    secrets: json!({ "api_key": "peer-key-in-clear" }),
+                    rescan_interval_secs: None,
+                };
+                create_location(&pool, &cipher, new).await.unwrap().id
+            }
+        };
+        let key_a = SecretsKey::new([0xa; 32]);
+        let key_b = SecretsKey::new([0xb; 32]);
+        let id = add(SecretsCipher::default(), "first").await;
+        let sealed_by_catalog = stored().await;
+
+        // Step one of a move: services run with the new key and the catalog's as previous.
+        // They read what the catalog's key sealed, and seal anything new with key A.
+        let moving =
+            SecretsCipher::with_keys(Some(key_a.clone()), Some(PreviousSecretsKey::Catalog));
+        assert_eq!(
+            api_key(moving.clone(), id).await.unwrap().as_deref(),
+            Some("peer-key-in-clear")
+        );
+        let second = add(moving.clone(), "second").await;
+        let only_a = SecretsCipher::with_key(Some(key_a.clone()));
+        assert!(api_key(only_a.clone(), id).await.is_err(), "not moved yet");
+
+        // Step two: the rekey. Everything opens with key A alone, and the catalog's key is
+        // gone, so a dump of the database opens nothing.
+        let done = reseal_location_secrets(&pool, &moving, true).await.unwrap();
+        assert_eq!(done, Resealed { locations: 2, dropped_catalog_key: true });
+        assert_ne!(stored().await, sealed_by_catalog);
+        for location in [id, second] {
+            let opened = api_key(only_a.clone(), location).await.unwrap();
+            assert_eq!(opened.as_deref(), Some("peer-key-in-clear"));
+        }
+        let kept: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM instance_secrets WHERE name = 'secrets_key'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(kept, 0);
+
+        // A second move, from key A to key B.
+        let moving = SecretsCipher::with_keys(
+            Some(key_b.clone()),
+            Some(PreviousSecretsKey::Given(key_a.clone())),
+        );
+        let done = reseal_location_secrets(&pool, &moving, false).await.unwrap();
+        assert_eq!(done, Resealed { locations: 2, dropped_catalog_key: false });
+        let only_b = SecretsCipher::with_key(Some(key_b.clone()));
+        assert_eq!(
+            api_key(only_b.clone(), id).await.unwrap().as_deref(),
+            Some("peer-key-in-clear")
+        );
+        assert!(api_key(only_a, id).await.is_err());
+
+        // A row that neither key opens stops the rekey, which then changes nothing.
+        let before = sqlx::query_scalar::<_, Vec<String>>(
+            "SELECT array_agg(secrets::text ORDER BY id) FROM storage_locations",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let stranger = SecretsCipher::with_key(Some(SecretsKey::new([0xc; 32])));
+        add(stranger, "stranger").await;
+        let err = reseal_location_secrets(&pool, &moving, false).await.unwrap_err();
+        assert!(err.to_string().contains("VELOUR_SECRETS_KEY_PREVIOUS"), "{err}");
+        let after = sqlx::query_scalar::<_, Vec<String>>(
+            "SELECT array_agg(secrets::text ORDER BY id) FROM storage_locations
+             WHERE id <= $1",
+        )
+        .bind(second)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(after, before);
+
+        // The catalog's key cannot be dropped while it is the one sealing.
+        let err = reseal_location_secrets(&pool, &SecretsCipher::default(), true).await;
+        assert!(err.is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn plaintext_secrets_of_older_releases_are_read_and_sealed_at_start() {
     use velour_db::locations::get_location_with_secrets;
     use velour_db::secrets::prepare_location_secrets;
@@ -1903,6 +2011,115 @@ async fn deep_listing_pages_match_offset_pages_as_the_listing_changes() {
                 velour_db::catalog::compact_listed_works(&pool).await.unwrap();
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn old_tombstones_are_pruned_and_the_images_of_gone_videos_swept() {
+    use crate::schedule::{prune_tombstones, sweep_orphaned_assets};
+    use velour_db::assets;
+    use velour_db::maintenance::{self, Pruned};
+
+    with_database(|pool| async move {
+        let library = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        make_video(&library.path().join("Kept (2001).mp4"), 1);
+        make_video(&library.path().join("Gone (2002).mp4"), 1);
+        let state = WorkerState::new(
+            pool.clone(),
+            WorkerSettings { tombstone_retention_days: 30, ..WorkerSettings::default() },
+            PeerSettings::for_loopback_peers(),
+            AssetStore::Directory(store.path().to_owned()),
+        );
+        let folder = json!({ "path": library.path() });
+        let location = add_location(&pool, "Films", StorageType::Local, folder).await;
+        scan(&state, location).await.1.unwrap();
+        let mut images = Vec::new();
+        for name in ["Kept (2001).mp4", "Gone (2002).mp4"] {
+            let video = video_named(&pool, name).await;
+            crate::generate_thumbnail(&state, video).await.unwrap();
+            let row = assets::thumbnail(&pool, video).await.unwrap().unwrap();
+            let image = store.path().join(row.storage_key);
+            assert!(image.is_file());
+            images.push(image);
+        }
+        let [kept_image, gone_image] = <[_; 2]>::try_from(images).unwrap();
+
+        // A removed video keeps its row (its tombstone) and its image while it is recent.
+        std::fs::remove_file(library.path().join("Gone (2002).mp4")).unwrap();
+        assert_eq!(scan(&state, location).await.1.unwrap().videos_removed, 1);
+        assert_eq!(prune_tombstones(&state).await.unwrap(), Some(Pruned::default()));
+        assert_eq!(maintenance::tombstone_horizon(&pool).await.unwrap(), None);
+        assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 0);
+        assert!(gone_image.is_file());
+
+        // Past the retention, the row, its tombstone and its work go, and the newest
+        // removal forgotten becomes the horizon.
+        let removed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "UPDATE videos SET removed_at = now() - interval '40 days'
+             WHERE removed_at IS NOT NULL RETURNING removed_at",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // Another worker pruning at this moment: this one leaves it to that one.
+        let mut other = pool.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(maintenance::PRUNE_LOCK)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        assert_eq!(prune_tombstones(&state).await.unwrap(), None);
+        other.rollback().await.unwrap();
+        let pruned = prune_tombstones(&state).await.unwrap();
+        assert_eq!(pruned, Some(Pruned { videos: 1, tombstones: 1, works: 1 }));
+        assert_eq!(maintenance::tombstone_horizon(&pool).await.unwrap(), Some(removed_at));
+        let titles: Vec<String> =
+            sqlx::query_scalar("SELECT title FROM works").fetch_all(&pool).await.unwrap();
+        assert_eq!(titles, ["Kept"]);
+
+        // The gone video's image is deleted from the store; the kept one's stays.
+        assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 1);
+        assert!(!gone_image.exists());
+        assert!(kept_image.is_file());
+        assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 0);
+
+        // Deleting the location leaves its images to the sweep too.
+        velour_db::locations::delete_location(&pool, location).await.unwrap();
+        assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 1);
+        assert!(!kept_image.exists());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_location_deleted_while_it_is_scanned_ends_its_scan_as_gone() {
+    with_database(|pool| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        make_video(&dir.path().join("clip.mp4"), 1);
+        let database: String =
+            sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+        // The location goes (as when its federation connection is deleted) while the scan
+        // reads a file, before the scan saves it.
+        let deleting = format!(
+            "psql -q '{}/{database}' -c 'DELETE FROM storage_locations' >/dev/null || exit 9\n\
+             exec ffprobe \"$@\"",
+            postgres_server()
+        );
+        let worker = WorkerSettings {
+            ffprobe: fake_ffprobe(tools.path(), &deleting),
+            ..WorkerSettings::default()
+        };
+        let location =
+            add_location(&pool, "Doomed", StorageType::Local, json!({ "path": dir.path() })).await;
+        let (_, outcome) = scan(&state_with(&pool, worker), location).await;
+        let err = outcome.unwrap_err();
+        assert!(matches!(err, ScanError::Failed(ScanFailure::LocationGone)), "{err}");
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM videos").fetch_one(&pool).await.unwrap();
+        assert_eq!(left, 0);
     })
     .await;
 }

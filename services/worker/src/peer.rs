@@ -42,16 +42,26 @@ pub(crate) async fn scan_peer(
     // `/instance`, one page that lists nothing.
     if let Some(cursor) = locations::sync_cursor(pool, scan.location_id).await? {
         let pages = Pages::Changes(&cursor);
-        let listing = read_listing(scan, &client, &base_url, pages, tally).await?;
-        if let Some(next) = listing.next_cursor {
-            locations::set_sync_cursor(pool, scan.location_id, Some(&next)).await?;
-            info!(incremental = true, "peer changes read");
-            return Ok(());
+        match read_listing(scan, &client, &base_url, pages, tally).await {
+            Ok(Listing { next_cursor: Some(next) }) => {
+                locations::set_sync_cursor(pool, scan.location_id, Some(&next)).await?;
+                info!(incremental = true, "peer changes read");
+                return Ok(());
+            }
+            // The peer answered like an instance of the original design (no `sync`): it
+            // no longer lists changes, and a full scan follows.
+            Ok(Listing { next_cursor: None }) => {
+                info!("the peer no longer lists changes; reading its whole catalog");
+            }
+            // The peer pruned tombstones we had not read. Changes saved from earlier pages
+            // stand; the full scan and its sweep catch up with what was forgotten.
+            Err(ScanFailure::Peer(PeerError::Gone { .. })) => {
+                info!("the peer no longer keeps changes since our cursor; reading everything");
+            }
+            Err(failure) => return Err(failure),
         }
-        // The peer answered like an instance of the original design (no `sync`): it
-        // no longer lists changes, and a full scan follows.
-        info!("the peer no longer lists changes; reading its whole catalog");
         locations::set_sync_cursor(pool, scan.location_id, None).await?;
+        tally.forget_seen();
     }
 
     client.ping().await?;

@@ -128,6 +128,18 @@ pub async fn scan_location(
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(ScanFailure::Internal(panic_message(panic.as_ref()))));
+    // A location deleted while it was scanned (its federation connection deleted, say)
+    // fails the scan on whatever the scan wrote next: say what happened instead.
+    let outcome = match outcome {
+        Err(failure)
+            if !matches!(failure, ScanFailure::LocationGone)
+                && location_deleted(pool, job.storage_location_id).await =>
+        {
+            debug!(error = %failure, "the scan failed after its location was deleted");
+            Err(ScanFailure::LocationGone)
+        }
+        outcome => outcome,
+    };
 
     let counts = tally.counts();
     let message = outcome.as_ref().err().map(ToString::to_string);
@@ -164,11 +176,25 @@ pub async fn scan_location(
             );
             Ok(counts)
         }
+        Err(ScanFailure::LocationGone) => {
+            info!("scan ended: the location was deleted");
+            Err(ScanError::Failed(ScanFailure::LocationGone))
+        }
         Err(failure) => {
             warn!(error = %failure, videos_seen = counts.videos_seen, "scan failed");
             Err(ScanError::Failed(failure))
         }
     }
+}
+
+/// Whether location `id` is known to be gone (a failed look says no).
+async fn location_deleted(pool: &PgPool, id: i64) -> bool {
+    let exists =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM storage_locations WHERE id = $1)")
+            .bind(id)
+            .fetch_one(pool)
+            .await;
+    matches!(exists, Ok(false))
 }
 
 /// Moves the location's scheduled rescans after this scan: a failure brings a retry with
@@ -409,6 +435,13 @@ impl Tally {
     pub fn removed(&mut self, sweep: Sweep) {
         self.sweep.videos_removed += sweep.videos_removed;
         self.sweep.works_removed += sweep.works_removed;
+    }
+
+    /// Forgets which videos were seen (the counts stay): what a listing of changes saw
+    /// must not keep a video from the sweep of the full listing read after it.
+    pub fn forget_seen(&mut self) {
+        self.videos_seen.clear();
+        self.works_seen.clear();
     }
 
     pub fn seen_video_ids(&self) -> Vec<i64> {

@@ -5,12 +5,17 @@
 //! and who queues them is settled in the catalog (`velour_db::rescans`), with each
 //! location's own interval, so a cron schedule per process would add a crate and decide
 //! nothing. Every worker ticks; the claim makes sure each due scan is queued once.
+//!
+//! The same tick runs the catalog's chores: deleting the images of videos that are gone,
+//! and (hourly) pruning tombstones older than `VELOUR_TOMBSTONE_RETENTION_DAYS`.
 
 use crate::WorkerState;
 use crate::job::ShutdownSignal;
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use velour_db::DbError;
+use velour_db::maintenance::{self, Pruned};
 use velour_db::rescans::claim_due_rescans;
 use velour_db::scans::{self, ScanCounts};
 use velour_jobs::{ScanLocation, ScanStorage};
@@ -21,6 +26,57 @@ pub(crate) const RESCAN_TICK: Duration = Duration::from_secs(15);
 
 /// Locations claimed per query; more wait for the next query of the same tick.
 const CLAIM_BATCH: i64 = 100;
+
+/// How often each worker prunes tombstones. Pruning takes a lock, so workers ticking
+/// together prune once.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Images of gone videos deleted per tick and worker.
+const SWEEP_BATCH: i64 = 200;
+
+/// Forgets tombstones older than the retention (none when it is unset); `None` when
+/// another worker is pruning.
+pub async fn prune_tombstones(state: &WorkerState) -> Result<Option<Pruned>, DbError> {
+    let Some(retention) = state.worker.tombstone_retention() else {
+        return Ok(Some(Pruned::default()));
+    };
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return Ok(Some(Pruned::default()));
+    };
+    let before = chrono::Utc::now() - retention;
+    let pruned = maintenance::prune_tombstones(&state.pool, before).await?;
+    if let Some(pruned) = pruned.filter(|p| *p != Pruned::default()) {
+        info!(
+            videos = pruned.videos,
+            tombstones = pruned.tombstones,
+            works = pruned.works,
+            before = %before,
+            "pruned old tombstones"
+        );
+    }
+    Ok(pruned)
+}
+
+/// Deletes the stored images of videos whose rows are gone, returning how many. An image
+/// the store fails to delete stays listed, and is tried again on the next tick.
+pub async fn sweep_orphaned_assets(state: &WorkerState) -> Result<usize, DbError> {
+    let mut swept = 0;
+    loop {
+        let keys = maintenance::orphaned_assets(&state.pool, SWEEP_BATCH).await?;
+        let mut deleted = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match state.assets.delete(key).await {
+                Ok(()) => deleted.push(key.clone()),
+                Err(err) => warn!(asset.key = %key, error = %err, "could not delete an image"),
+            }
+        }
+        maintenance::forget_orphaned_assets(&state.pool, &deleted).await?;
+        swept += deleted.len();
+        if deleted.len() < keys.len() || keys.len() < SWEEP_BATCH as usize {
+            return Ok(swept);
+        }
+    }
+}
 
 /// Queues a scan of every location whose scheduled rescan is due, returning their ids.
 /// A location whose scan is still queued or running joins that scan instead.
@@ -73,6 +129,7 @@ pub(crate) async fn run_scheduler(
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(RESCAN_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_prune = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -80,6 +137,17 @@ pub(crate) async fn run_scheduler(
         }
         if let Err(err) = queue_due_rescans(&state, &queue).await {
             warn!(error = %err, "could not queue scheduled rescans");
+        }
+        match sweep_orphaned_assets(&state).await {
+            Ok(0) => {}
+            Ok(swept) => info!(images = swept, "deleted the images of gone videos"),
+            Err(err) => warn!(error = %err, "could not sweep the images of gone videos"),
+        }
+        if Instant::now() >= next_prune {
+            match prune_tombstones(&state).await {
+                Ok(_) => next_prune = Instant::now() + PRUNE_EVERY,
+                Err(err) => warn!(error = %err, "could not prune tombstones"),
+            }
         }
     }
 }

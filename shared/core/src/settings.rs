@@ -458,6 +458,39 @@ pub struct SecretsSettings {
         value_parser = parse_secrets_key
     )]
     pub secrets_key: Option<SecretsKey>,
+
+    /// The key the secrets were sealed with before `VELOUR_SECRETS_KEY` changed: it opens
+    /// what it sealed, and nothing is sealed with it any more. `catalog` names the key kept
+    /// in the catalog (when moving from it to a key of your own). Changing keys without an
+    /// outage: run every service with the new key here and the old one as the previous
+    /// key, then `velour secrets rekey`, then drop the previous key.
+    #[arg(
+        long = "previous-secrets-key",
+        env = "VELOUR_SECRETS_KEY_PREVIOUS",
+        value_name = "VELOUR_SECRETS_KEY_PREVIOUS",
+        hide_env_values = true,
+        value_parser = parse_previous_secrets_key
+    )]
+    pub previous_secrets_key: Option<PreviousSecretsKey>,
+}
+
+/// Where the key that sealed secrets before the current one is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreviousSecretsKey {
+    /// A key given in the settings.
+    Given(SecretsKey),
+    /// The key kept in the catalog, used while `VELOUR_SECRETS_KEY` was unset.
+    Catalog,
+}
+
+fn parse_previous_secrets_key(raw: &str) -> Result<PreviousSecretsKey, String> {
+    if raw.trim() == "catalog" {
+        Ok(PreviousSecretsKey::Catalog)
+    } else {
+        parse_secrets_key(raw)
+            .map(PreviousSecretsKey::Given)
+            .map_err(|message| format!("{message}, or `catalog` for the key kept in the catalog"))
+    }
 }
 
 /// A 256-bit key for secrets at rest. Its `Debug` shows no byte of it.
@@ -628,6 +661,26 @@ pub struct WorkerSettings {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub thumbnail_timeout_secs: u64,
+
+    /// Days a tombstone (a video or work removed from the catalog) is kept for peers that
+    /// read changes. A peer whose last read is older is told to read the whole catalog
+    /// again. 0 keeps tombstones for ever.
+    #[arg(
+        long = "tombstone-retention-days",
+        env = "VELOUR_TOMBSTONE_RETENTION_DAYS",
+        value_name = "VELOUR_TOMBSTONE_RETENTION_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(0..=36500)
+    )]
+    pub tombstone_retention_days: u32,
+}
+
+impl WorkerSettings {
+    /// How long tombstones are kept; `None`: for ever.
+    pub fn tombstone_retention(&self) -> Option<Duration> {
+        let days = u64::from(self.tombstone_retention_days);
+        (days > 0).then(|| Duration::from_secs(days * 24 * 3600))
+    }
 }
 
 impl Default for WorkerSettings {
@@ -639,6 +692,7 @@ impl Default for WorkerSettings {
             s3_list_page_size: 1000,
             ffmpeg: "ffmpeg".to_owned(),
             thumbnail_timeout_secs: 60,
+            tombstone_retention_days: 30,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod hot;
 pub mod ingest;
 pub mod keys;
 pub mod locations;
+pub mod maintenance;
 pub mod rescans;
 pub mod scans;
 pub mod secrets;

@@ -295,8 +295,8 @@ pub struct RemovedVideos {
 }
 
 /// Deletes the videos of location `location_id` and the works that are left without any,
-/// in the caller's transaction; peers learn of the videos through their tombstones.
-// TODO(#5): the videos' thumbnails stay in the asset store (their rows go with them).
+/// in the caller's transaction; peers learn of the videos through their tombstones. The
+/// videos' images are left to the workers' sweep (`maintenance::orphaned_assets`).
 pub(crate) async fn remove_videos_of(
     tx: &mut sqlx::PgConnection,
     location_id: i64,
@@ -306,19 +306,28 @@ pub(crate) async fn remove_videos_of(
             .bind(location_id)
             .fetch_all(&mut *tx)
             .await?;
+    let works_removed = delete_works_without_videos(tx, &work_ids).await?;
+    Ok(RemovedVideos { videos_removed: work_ids.len() as u64, works_removed })
+}
+
+/// Deletes those of `work_ids` that have no video row left, in the caller's transaction,
+/// returning how many went.
+pub(crate) async fn delete_works_without_videos(
+    tx: &mut sqlx::PgConnection,
+    work_ids: &[i64],
+) -> Result<u64, DbError> {
     // `present_videos = 0` is checked again on the row as it stands once its lock is ours:
     // a scan elsewhere that added a video to the work meanwhile (and so counted it on the
     // row) keeps the work, which `NOT EXISTS`, reading from before that scan committed,
     // would not see.
-    let works_removed = sqlx::query(
+    Ok(sqlx::query(
         "DELETE FROM works w WHERE w.id = ANY($1) AND w.present_videos = 0
          AND NOT EXISTS (SELECT 1 FROM videos v WHERE v.work_id = w.id)",
     )
-    .bind(&work_ids)
+    .bind(work_ids)
     .execute(&mut *tx)
     .await?
-    .rows_affected();
-    Ok(RemovedVideos { videos_removed: work_ids.len() as u64, works_removed })
+    .rows_affected())
 }
 
 /// Deletes location `id` with its videos, its scan history and the works left without

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
-use velour_core::settings::{SecretsKey, SecretsSettings, SigningSettings};
+use velour_core::settings::{PreviousSecretsKey, SecretsKey, SecretsSettings, SigningSettings};
 use velour_core::signing::UrlSigner;
 
 const URL_SIGNING: &str = "url_signing";
@@ -32,6 +32,14 @@ pub async fn url_signer(pool: &PgPool, settings: &SigningSettings) -> Result<Url
         // the row was edited by hand.
         DbError::Conflict("the URL signing secret is shorter than 32 bytes".to_owned())
     })
+}
+
+/// The secret kept under `name`, if there is one; nothing is made.
+async fn existing_secret(pool: &PgPool, name: &str) -> Result<Option<Vec<u8>>, DbError> {
+    Ok(sqlx::query_scalar("SELECT value FROM instance_secrets WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?)
 }
 
 async fn stored_secret(pool: &PgPool, name: &str) -> Result<Vec<u8>, DbError> {
@@ -65,8 +73,9 @@ const NONCE_BYTES: usize = 24;
 
 /// Seals and opens the secrets of storage locations (XChaCha20-Poly1305, a random nonce
 /// per value). The key is `VELOUR_SECRETS_KEY` when set, otherwise a key kept in the
-/// catalog (made by whichever service starts first), read once and then cached. Cheap to
-/// clone; `Debug` shows no key.
+/// catalog (made by whichever service starts first), read once and then cached. A previous
+/// key (`VELOUR_SECRETS_KEY_PREVIOUS`) opens what it sealed while the secrets are moved to
+/// the current one. Cheap to clone; `Debug` shows no key.
 #[derive(Clone, Default)]
 pub struct SecretsCipher {
     inner: Arc<CipherInner>,
@@ -75,7 +84,20 @@ pub struct SecretsCipher {
 #[derive(Default)]
 struct CipherInner {
     configured: Option<SecretsKey>,
-    resolved: OnceCell<XChaCha20Poly1305>,
+    previous: Option<PreviousSecretsKey>,
+    resolved: OnceCell<Keys>,
+}
+
+struct Keys {
+    /// Seals, and opens first.
+    current: XChaCha20Poly1305,
+    /// Opens what the current key does not.
+    previous: Option<XChaCha20Poly1305>,
+}
+
+fn aead_of(key: &[u8], whose: &str) -> Result<XChaCha20Poly1305, DbError> {
+    XChaCha20Poly1305::new_from_slice(key)
+        .map_err(|_| key_refused(&format!("{whose} is not 32 bytes long")))
 }
 
 impl std::fmt::Debug for SecretsCipher {
@@ -88,32 +110,61 @@ impl std::fmt::Debug for SecretsCipher {
 impl SecretsCipher {
     /// The cipher the settings ask for.
     pub fn new(settings: &SecretsSettings) -> Self {
-        Self::with_key(settings.secrets_key.clone())
+        Self::with_keys(settings.secrets_key.clone(), settings.previous_secrets_key.clone())
     }
 
     /// With `None`, the key kept in the catalog.
     pub fn with_key(key: Option<SecretsKey>) -> Self {
-        Self { inner: Arc::new(CipherInner { configured: key, resolved: OnceCell::new() }) }
+        Self::with_keys(key, None)
     }
 
-    async fn aead(&self, pool: &PgPool) -> Result<&XChaCha20Poly1305, DbError> {
+    /// `key` seals (`None`: the key kept in the catalog); `previous` opens too.
+    pub fn with_keys(key: Option<SecretsKey>, previous: Option<PreviousSecretsKey>) -> Self {
+        let inner = CipherInner { configured: key, previous, resolved: OnceCell::new() };
+        Self { inner: Arc::new(inner) }
+    }
+
+    async fn keys(&self, pool: &PgPool) -> Result<&Keys, DbError> {
         self.inner
             .resolved
             .get_or_try_init(|| async {
-                let key: Vec<u8> = match &self.inner.configured {
-                    Some(key) => key.expose().to_vec(),
-                    None => stored_secret(pool, SECRETS_KEY).await?,
+                let current = match &self.inner.configured {
+                    Some(key) => aead_of(key.expose(), "VELOUR_SECRETS_KEY")?,
+                    None => aead_of(
+                        &stored_secret(pool, SECRETS_KEY).await?,
+                        "the secrets key kept in the catalog",
+                    )?,
                 };
-                XChaCha20Poly1305::new_from_slice(&key).map_err(|_| {
-                    key_refused("the secrets key kept in the catalog is not 32 bytes long")
-                })
+                let previous = match &self.inner.previous {
+                    None => None,
+                    Some(PreviousSecretsKey::Given(key)) => {
+                        Some(aead_of(key.expose(), "VELOUR_SECRETS_KEY_PREVIOUS")?)
+                    }
+                    Some(PreviousSecretsKey::Catalog) if self.inner.configured.is_none() => {
+                        return Err(key_refused(
+                            "VELOUR_SECRETS_KEY_PREVIOUS is `catalog` but VELOUR_SECRETS_KEY \
+                             is unset, so the catalog's key is the current one: set \
+                             VELOUR_SECRETS_KEY to the key the secrets move to",
+                        ));
+                    }
+                    // A catalog that never made a key of its own sealed nothing with one.
+                    Some(PreviousSecretsKey::Catalog) => {
+                        match existing_secret(pool, SECRETS_KEY).await? {
+                            Some(key) => {
+                                Some(aead_of(&key, "the secrets key kept in the catalog")?)
+                            }
+                            None => None,
+                        }
+                    }
+                };
+                Ok(Keys { current, previous })
             })
             .await
     }
 
     /// Seals `secrets` into the JSON string stored in place of them.
     pub(crate) async fn seal(&self, pool: &PgPool, secrets: &Value) -> Result<Value, DbError> {
-        let aead = self.aead(pool).await?;
+        let aead = &self.keys(pool).await?.current;
         let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
         let plaintext = serde_json::to_vec(secrets)
             .map_err(|_| key_refused("the secrets could not be serialized"))?;
@@ -132,7 +183,7 @@ impl SecretsCipher {
         let Value::String(sealed) = stored else {
             return Ok(stored);
         };
-        let aead = self.aead(pool).await?;
+        let keys = self.keys(pool).await?;
         let bytes = sealed
             .strip_prefix(SEALED_PREFIX)
             .and_then(|b64| BASE64.decode(b64).ok())
@@ -142,13 +193,26 @@ impl SecretsCipher {
             })?;
         let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
         let nonce: [u8; NONCE_BYTES] = nonce.try_into().unwrap_or_default();
-        let payload = Payload { msg: ciphertext, aad: SEALED_AAD };
-        let plaintext = aead.decrypt(&XNonce::from(nonce), payload).map_err(|_| {
-            key_refused(
-                "VELOUR_SECRETS_KEY does not open the secrets stored in the catalog: \
-                 set it to the key they were sealed with",
-            )
-        })?;
+        let nonce = XNonce::from(nonce);
+        let payload = || Payload { msg: ciphertext, aad: SEALED_AAD };
+        let plaintext = keys
+            .current
+            .decrypt(&nonce, payload())
+            .or_else(|_| match &keys.previous {
+                Some(previous) => previous.decrypt(&nonce, payload()),
+                None => Err(chacha20poly1305::aead::Error),
+            })
+            .map_err(|_| {
+                key_refused(if keys.previous.is_some() {
+                    "neither VELOUR_SECRETS_KEY nor VELOUR_SECRETS_KEY_PREVIOUS opens the \
+                     secrets stored in the catalog: set one of them to the key they were \
+                     sealed with"
+                } else {
+                    "VELOUR_SECRETS_KEY does not open the secrets stored in the catalog: \
+                     set it to the key they were sealed with (or, while moving to a new \
+                     key, set VELOUR_SECRETS_KEY_PREVIOUS to the old one)"
+                })
+            })?;
         serde_json::from_slice(&plaintext)
             .map_err(|_| key_refused("the stored secrets are not in a format this release reads"))
     }
@@ -200,8 +264,60 @@ pub async fn prepare_location_secrets(
     Ok(sealed)
 }
 
-// TODO(#5): a re-keying command (open with the old key, seal with the new one); today
-// changing VELOUR_SECRETS_KEY means re-creating the locations.
+/// What `reseal_location_secrets` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    /// Locations whose secrets are now sealed with the current key.
+    pub locations: u64,
+    /// Whether the key kept in the catalog was deleted.
+    pub dropped_catalog_key: bool,
+}
+
+/// Moves every location's secrets to the cipher's current key (`velour secrets rekey`):
+/// each is opened with the current or the previous key and sealed again with the current
+/// one, all in one transaction, so that a secret nothing opens changes nothing. With
+/// `drop_catalog_key` (only when `VELOUR_SECRETS_KEY` is set), the key the catalog kept for
+/// itself is deleted in the same transaction: from then on a dump of the database holds no
+/// key that opens its secrets.
+pub async fn reseal_location_secrets(
+    pool: &PgPool,
+    cipher: &SecretsCipher,
+    drop_catalog_key: bool,
+) -> Result<Resealed, DbError> {
+    if drop_catalog_key && cipher.inner.configured.is_none() {
+        return Err(key_refused(
+            "the catalog's own key seals the secrets while VELOUR_SECRETS_KEY is unset: it \
+             cannot be dropped",
+        ));
+    }
+    // Resolved before the transaction, which then holds the only connection it needs.
+    cipher.keys(pool).await?;
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, Json<Value>)> =
+        sqlx::query_as("SELECT id, secrets FROM storage_locations ORDER BY id FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut locations = 0;
+    for (id, Json(stored)) in rows {
+        let secrets = cipher.open(pool, stored).await?;
+        let sealed = cipher.seal(pool, &secrets).await?;
+        sqlx::query("UPDATE storage_locations SET secrets = $2 WHERE id = $1")
+            .bind(id)
+            .bind(Json(&sealed))
+            .execute(&mut *tx)
+            .await?;
+        locations += 1;
+    }
+    let dropped_catalog_key = drop_catalog_key
+        && sqlx::query("DELETE FROM instance_secrets WHERE name = $1")
+            .bind(SECRETS_KEY)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+    tx.commit().await?;
+    Ok(Resealed { locations, dropped_catalog_key })
+}
 
 /// The cipher a service runs with, once the catalog's secrets are ready for it (see
 /// `prepare_location_secrets`). Fails when the key does not open the stored secrets.

@@ -31,6 +31,10 @@ pub enum PeerError {
     Unauthorized { path: String, status: u16 },
     #[error("the peer answered HTTP {status} on {path}")]
     Status { path: String, status: u16 },
+    /// HTTP 410. On a listing of changes: the peer no longer keeps the tombstones since
+    /// our cursor (`cursor-too-old`), and the whole listing must be read again.
+    #[error("the peer answered HTTP 410 (gone) on {path}")]
+    Gone { path: String },
     #[error("the peer's answer on {path} is larger than {limit} bytes")]
     TooLarge { path: String, limit: usize },
     #[error("the peer's answer on {path} is not what Velour expects: {reason}")]
@@ -287,6 +291,9 @@ impl PeerClient {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(PeerError::Unauthorized { path, status: status.as_u16() });
+        }
+        if status == StatusCode::GONE {
+            return Err(PeerError::Gone { path });
         }
         if !status.is_success() {
             return Err(PeerError::Status { path, status: status.as_u16() });
