@@ -2123,3 +2123,61 @@ async fn a_location_deleted_while_it_is_scanned_ends_its_scan_as_gone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_folder_is_read_a_few_files_at_a_time_and_saved_in_walk_order() {
+    with_database(|pool| async move {
+        let library = tempfile::tempdir().unwrap();
+        let tools = tempfile::tempdir().unwrap();
+        let running = tools.path().join("running");
+        std::fs::create_dir(&running).unwrap();
+        let log = tools.path().join("log");
+        for n in 0..6 {
+            make_video(&library.path().join(format!("Film {n} (200{n}).mp4")), 1);
+        }
+        // Each run notes how many runs are under way as it starts, and lingers, so that
+        // runs started together overlap.
+        let body = format!(
+            "touch '{running}'/$$; ls '{running}' | wc -l >> '{log}'; sleep 0.4; \
+             rm '{running}'/$$; exec ffprobe \"$@\"",
+            running = running.display(),
+            log = log.display()
+        );
+        let ffprobe = fake_ffprobe(tools.path(), &body);
+        let most_at_once = || -> usize {
+            let noted = std::fs::read_to_string(&log).unwrap();
+            std::fs::remove_file(&log).unwrap();
+            noted.lines().filter_map(|n| n.trim().parse().ok()).max().unwrap_or(0)
+        };
+        let reading = |probe_concurrency| {
+            let worker = WorkerSettings {
+                ffprobe: ffprobe.clone(),
+                probe_concurrency,
+                ..Default::default()
+            };
+            state_with(&pool, worker)
+        };
+
+        let folder = json!({ "path": library.path() });
+        let serial = add_location(&pool, "One at a time", StorageType::Local, folder.clone()).await;
+        assert_eq!(scan(&reading(1), serial).await.1.unwrap().videos_added, 6);
+        assert_eq!(most_at_once(), 1);
+
+        let parallel = add_location(&pool, "Three at a time", StorageType::Local, folder).await;
+        assert_eq!(scan(&reading(3), parallel).await.1.unwrap().videos_added, 6);
+        let most = most_at_once();
+        assert!((2..=3).contains(&most), "{most} runs at once");
+        // Saved in the walk's order (by name), whatever order the runs ended in.
+        let saved: Vec<String> = sqlx::query_scalar(
+            "SELECT filename FROM videos WHERE storage_location_id = $1 ORDER BY id",
+        )
+        .bind(parallel)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let mut walked = saved.clone();
+        walked.sort();
+        assert_eq!(saved, walked);
+    })
+    .await;
+}

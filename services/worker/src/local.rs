@@ -7,11 +7,13 @@ use crate::probe::{self, ProbeError, ProbeFacts};
 use crate::scan::{ScanContext, ScanFailure, Tally};
 use crate::title::title_for;
 use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 use velour_db::ingest::{self, FoundVideo, FoundWork, KnownVideo};
 use velour_db::locations::LocationWithSecrets;
@@ -65,14 +67,42 @@ pub(crate) async fn scan_folder(
             !walked.contains(k.source_key.as_str()) && !walk.unexamined.contains(&k.source_key)
         })
         .collect();
-    // TODO(#5): probe a few files at once; one at a time, a first scan of a large library
-    // takes as long as all its ffprobe runs end to end.
-    for file in &walk.files {
+    // What needs no reading is settled first, in walk order. The files left are read
+    // (ffprobe, fingerprint) `VELOUR_PROBE_CONCURRENCY` at a time, and each is saved in
+    // walk order as its reading ends, while the next ones are read.
+    // (Items are indices into the walk: a stream of borrowed files would not be `Send`.)
+    let mut to_read = Vec::new();
+    for (index, file) in walk.files.iter().enumerate() {
         let known = known.get(&file.key);
         if known.is_none() && claim_moved(scan, file, &mut moved_from, tally).await? {
             continue;
         }
-        index_file(scan, file, known, &mut unindexable, tally).await?;
+        if let Some(now) = settle_unread(scan, file, known, &mut unindexable, tally).await? {
+            to_read.push((index, now));
+        }
+    }
+    let worker = &scan.state.worker;
+    let timeout = Duration::from_secs(worker.probe_timeout_secs);
+    let mut reads = futures_util::stream::iter(to_read)
+        .map(|(index, now)| {
+            scan.state.probes.fetch_add(1, Ordering::Relaxed);
+            // A task of its own, so that its ffprobe runs on while this scan saves what
+            // the files before it gave; dropped with the scan, it is aborted.
+            let file = walk.files[index].clone();
+            let reading = AbortOnDropHandle::new(tokio::spawn(read_file(
+                worker.ffprobe.clone(),
+                timeout,
+                file,
+            )));
+            async move { (index, now, reading.await) }
+        })
+        .buffered(usize::from(worker.probe_concurrency));
+    while let Some((index, now, read)) = reads.next().await {
+        let read =
+            read.map_err(|e| ScanFailure::Internal(format!("reading a file stopped: {e}")))?;
+        let file = &walk.files[index];
+        let present = known.get(&file.key).filter(|k| !k.removed);
+        record_read(scan, file, present, now, read, &mut unindexable, tally).await?;
     }
 
     // A folder that could not be read entirely may hide files that are still there.
@@ -188,13 +218,16 @@ impl Unindexable {
     }
 }
 
-async fn index_file(
+/// Settles a file that need not be read: unchanged since the last scan, empty, or as
+/// unindexable as before. Otherwise returns the file as the catalog would remember it
+/// should it prove unindexable, for `read_file`.
+async fn settle_unread(
     scan: &ScanContext<'_>,
     file: &FoundFile,
     known: Option<&KnownVideo>,
     unindexable: &mut Unindexable,
     tally: &mut Tally,
-) -> Result<(), ScanFailure> {
+) -> Result<Option<ingest::UnindexableFile>, ScanFailure> {
     let present = known.filter(|k| !k.removed);
     // An edited, added or removed sidecar re-indexes the video, so that its facts show.
     let nfo_stamp = file.sidecar.as_ref().map(Sidecar::stamp);
@@ -202,11 +235,12 @@ async fn index_file(
         k.file_size == file.size && k.modified_at == file.modified && k.nfo_modified == nfo_stamp
     }) {
         tally.video(known.id, known.work_id, ingest::VideoChange::Unchanged);
-        return Ok(());
+        return Ok(None);
     }
 
     if file.size == 0 {
-        return keep_or_skip(scan, &file.key, present, "the file is empty", tally).await;
+        keep_or_skip(scan, &file.key, present, "the file is empty", tally).await?;
+        return Ok(None);
     }
     let now = ingest::UnindexableFile {
         source_key: file.key.clone(),
@@ -216,43 +250,75 @@ async fn index_file(
         reason: String::new(),
     };
     if let Some(reason) = unindexable.unchanged_failure(&now) {
-        return keep_or_skip(scan, &file.key, present, &reason, tally).await;
+        keep_or_skip(scan, &file.key, present, &reason, tally).await?;
+        return Ok(None);
     }
+    Ok(Some(now))
+}
 
-    let worker = &scan.state.worker;
-    scan.state.probes.fetch_add(1, Ordering::Relaxed);
-    let timeout = Duration::from_secs(worker.probe_timeout_secs);
-    let probed = probe::probe_file(&worker.ffprobe, &file.path, timeout).await;
-    let facts = match probed {
+/// What reading a file gave.
+enum FileRead {
+    Facts {
+        facts: ProbeFacts,
+        oshash: String,
+    },
+    /// ffprobe could not be started: no file can be read, and the scan stops.
+    NoProbe {
+        program: String,
+        reason: String,
+    },
+    /// ffprobe failed on the file.
+    Unprobed(ProbeError),
+    Unreadable(String),
+    StillChanging,
+}
+
+/// Probes a file and fingerprints it. Touches nothing but the file, so that several are
+/// read at once.
+async fn read_file(ffprobe: String, timeout: Duration, file: FoundFile) -> FileRead {
+    let facts = match probe::probe_file(&ffprobe, &file.path, timeout).await {
         Ok(facts) => facts,
         Err(ProbeError::Spawn { program, source }) => {
-            return Err(ScanFailure::ProbeTool { program, reason: source.to_string() });
+            return FileRead::NoProbe { program, reason: source.to_string() };
         }
-        Err(_) if still_changing(file).await => {
-            return keep_or_skip(scan, &file.key, present, STILL_CHANGING, tally).await;
-        }
-        Err(err) => {
-            unindexable.remember(scan, now, &err).await?;
-            return keep_or_skip(scan, &file.key, present, &err.to_string(), tally).await;
-        }
+        Err(_) if still_changing(&file).await => return FileRead::StillChanging,
+        Err(err) => return FileRead::Unprobed(err),
     };
-
     let path = file.path.clone();
     let oshash = match tokio::task::spawn_blocking(move || oshash_file(&path)).await {
         Ok(Ok(hash)) => hash,
-        Ok(Err(err)) => {
-            let reason = format!("could not read the file: {err}");
-            return keep_or_skip(scan, &file.key, present, &reason, tally).await;
-        }
-        Err(err) => return Err(ScanFailure::Internal(format!("hashing stopped: {err}"))),
+        Ok(Err(err)) => return FileRead::Unreadable(format!("could not read the file: {err}")),
+        Err(err) => return FileRead::Unreadable(format!("hashing the file stopped: {err}")),
     };
-
     // A file still being copied in would be recorded with a partial size, duration and
     // fingerprint: it is left for a later scan, once its size and date hold still.
-    if still_changing(file).await {
-        return keep_or_skip(scan, &file.key, present, STILL_CHANGING, tally).await;
+    if still_changing(&file).await {
+        return FileRead::StillChanging;
     }
-    save_file(scan, file, &facts, &oshash, tally).await
+    FileRead::Facts { facts, oshash }
+}
+
+/// Saves what reading `file` gave, or records why it gave nothing.
+async fn record_read(
+    scan: &ScanContext<'_>,
+    file: &FoundFile,
+    present: Option<&KnownVideo>,
+    now: ingest::UnindexableFile,
+    read: FileRead,
+    unindexable: &mut Unindexable,
+    tally: &mut Tally,
+) -> Result<(), ScanFailure> {
+    let key = &file.key;
+    match read {
+        FileRead::Facts { facts, oshash } => save_file(scan, file, &facts, &oshash, tally).await,
+        FileRead::NoProbe { program, reason } => Err(ScanFailure::ProbeTool { program, reason }),
+        FileRead::Unprobed(err) => {
+            unindexable.remember(scan, now, &err).await?;
+            keep_or_skip(scan, key, present, &err.to_string(), tally).await
+        }
+        FileRead::Unreadable(reason) => keep_or_skip(scan, key, present, &reason, tally).await,
+        FileRead::StillChanging => keep_or_skip(scan, key, present, STILL_CHANGING, tally).await,
+    }
 }
 
 const STILL_CHANGING: &str =

@@ -632,6 +632,17 @@ pub struct WorkerSettings {
     )]
     pub probe_timeout_secs: u64,
 
+    /// Files a scan of a folder reads (ffprobe, fingerprint) at once. What they give is
+    /// saved in the order the folder was walked.
+    #[arg(
+        long = "probe-concurrency",
+        env = "VELOUR_PROBE_CONCURRENCY",
+        value_name = "VELOUR_PROBE_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u8).range(1..=64)
+    )]
+    pub probe_concurrency: u8,
+
     /// Keys asked for per page when listing a bucket (S3 sends at most 1000).
     #[arg(
         long = "s3-list-page-size",
@@ -689,6 +700,7 @@ impl Default for WorkerSettings {
             concurrency: 2,
             ffprobe: "ffprobe".to_owned(),
             probe_timeout_secs: 30,
+            probe_concurrency: 4,
             s3_list_page_size: 1000,
             ffmpeg: "ffmpeg".to_owned(),
             thumbnail_timeout_secs: 60,
