@@ -13,8 +13,11 @@ CREATE TABLE tombstone_horizon (
 -- the files. A video id is never used again, so neither is a key made from it: a key here
 -- names a file nothing will write or read again.
 CREATE TABLE orphaned_assets (
-    storage_key TEXT PRIMARY KEY,
-    orphaned_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    storage_key   TEXT PRIMARY KEY,
+    orphaned_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- A worker deleting the file holds it until then; a key whose deletion failed waits
+    -- for its claim to lapse, behind the others.
+    claimed_until TIMESTAMPTZ
 );
 
 CREATE FUNCTION record_orphaned_asset() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -24,6 +27,12 @@ BEGIN
     RETURN OLD;
 END
 $$;
+
+-- Deleting a work deletes its video rows (cascade), removed ones included: without an
+-- index on every row's work, each work deleted (a location's, a prune's) read the whole
+-- table. The partial index (present rows only) gives way to a full one.
+DROP INDEX videos_work_id_idx;
+CREATE INDEX videos_work_id_idx ON videos (work_id);
 
 -- Only deletions: a thumbnail replaced on a living video is deleted by the worker that
 -- replaced it, and the video may make an image under the same key again.

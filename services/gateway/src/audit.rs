@@ -27,17 +27,40 @@ const BATCH: usize = 500;
 #[derive(Clone)]
 pub struct AuditSink {
     sender: mpsc::Sender<AuditEntry>,
-    dropped: Counter,
+    dropped: Dropped,
 }
 
-type Counter = Arc<AtomicU64>;
+/// Entries lost: counted here, and exported as the OpenTelemetry counter
+/// `velour.audit.dropped` with a `reason` (`queue_full`, `database`).
+#[derive(Clone)]
+struct Dropped {
+    total: Arc<AtomicU64>,
+    exported: opentelemetry::metrics::Counter<u64>,
+}
+
+impl Dropped {
+    fn new() -> Self {
+        let exported = opentelemetry::global::meter("velour")
+            .u64_counter("velour.audit.dropped")
+            .with_description("Audit entries lost: the queue was full or the database refused them")
+            .with_unit("{entry}")
+            .build();
+        Self { total: Arc::default(), exported }
+    }
+
+    /// Counts `lost` entries; returns the total so far.
+    fn add(&self, lost: u64, reason: &'static str) -> u64 {
+        self.exported.add(lost, &[opentelemetry::KeyValue::new("reason", reason)]);
+        self.total.fetch_add(lost, Ordering::Relaxed) + lost
+    }
+}
 
 impl AuditSink {
     /// Starts the task that writes entries to `pool`. It ends once every sink is dropped
     /// and the channel is drained.
     pub fn start(pool: PgPool) -> Self {
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        let dropped = Counter::default();
+        let dropped = Dropped::new();
         tokio::spawn(write_entries(pool, receiver, dropped.clone()));
         Self { sender, dropped }
     }
@@ -45,13 +68,13 @@ impl AuditSink {
     /// Entries dropped so far: refused by a full queue, or lost with a batch the database
     /// did not take.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.total.load(Ordering::Relaxed)
     }
 
     /// Queues an entry without waiting.
     pub fn record(&self, entry: AuditEntry) {
         if self.sender.try_send(entry).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.dropped.add(1, "queue_full");
             tracing::error!(dropped, "audit log queue full or closed; entry dropped");
         }
     }
@@ -79,7 +102,7 @@ fn may_pass_later(err: &DbError) -> bool {
     }
 }
 
-async fn write_entries(pool: PgPool, mut receiver: mpsc::Receiver<AuditEntry>, dropped: Counter) {
+async fn write_entries(pool: PgPool, mut receiver: mpsc::Receiver<AuditEntry>, dropped: Dropped) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
         let written = (|| velour_db::audit::insert_entries(&pool, &batch))
@@ -92,8 +115,7 @@ async fn write_entries(pool: PgPool, mut receiver: mpsc::Receiver<AuditEntry>, d
             .await;
         if let Err(err) = written {
             let lost = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-            let dropped = dropped.fetch_add(lost, Ordering::Relaxed) + lost;
-            // TODO(#5): export the count of dropped audit entries as a metric.
+            let dropped = dropped.add(lost, "database");
             tracing::error!(error = %err, entries = batch.len(), dropped,
                 "audit entries lost: the database did not take them");
         }
@@ -134,5 +156,65 @@ impl Drop for CountedBody {
         if let Some(entry) = self.entry.take() {
             self.sink.record(entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    #[tokio::test]
+    async fn lost_entries_are_counted_and_exported_as_a_metric() {
+        let exporter = InMemoryMetricExporter::default();
+        let reader = PeriodicReader::builder(exporter.clone()).build();
+        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+
+        // A database that never answers: the writer holds its first batch in retries, and
+        // the queue behind it fills.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://127.0.0.1:1/nowhere")
+            .unwrap();
+        let sink = AuditSink::start(pool);
+        let entry = || AuditEntry {
+            api_key_id: 1,
+            action: "catalog.list_works",
+            target: None,
+            status: 200,
+            bytes_sent: 0,
+            occurred_at: chrono::Utc::now(),
+        };
+        let sent = CHANNEL_CAPACITY + 2 * BATCH;
+        for _ in 0..sent {
+            sink.record(entry());
+        }
+        let dropped = sink.dropped();
+        assert!(dropped >= BATCH as u64 && dropped <= sent as u64, "{dropped} dropped");
+
+        provider.force_flush().unwrap();
+        let exported: u64 = exporter
+            .get_finished_metrics()
+            .unwrap()
+            .iter()
+            .flat_map(|resource| resource.scope_metrics())
+            .flat_map(|scope| scope.metrics())
+            .filter(|metric| metric.name() == "velour.audit.dropped")
+            .filter_map(|metric| match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => Some(
+                    sum.data_points()
+                        .filter(|point| {
+                            point.attributes().any(|kv| kv.value.as_str() == "queue_full")
+                        })
+                        .map(|point| point.value())
+                        .sum::<u64>(),
+                ),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        assert_eq!(exported, dropped);
     }
 }

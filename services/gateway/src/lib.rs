@@ -19,7 +19,6 @@ use crate::error::ApiError;
 use anyhow::Context;
 use poem::listener::{Acceptor, AcceptorExt, IntoTlsConfigStream, RustlsCertificate};
 use poem::listener::{RustlsConfig, TcpAcceptor};
-use poem::middleware::Tracing;
 use poem::{EndpointExt, Route, get, handler};
 use poem_openapi::OpenApiService;
 use std::future::Future;
@@ -178,8 +177,10 @@ impl GatewayState {
     /// Pushes the job for a scan run just created. If Redis will not take it, the run is
     /// marked failed so it does not sit queued forever, and the caller is told to retry.
     async fn queue_scan(&self, run: &ScanRunRow) -> Result<(), ApiError> {
-        let job =
-            ScanLocation { scan_run_id: run.id, storage_location_id: run.storage_location_id };
+        let job = ScanLocation {
+            trace: velour_telemetry::current_carrier(),
+            ..ScanLocation::new(run.id, run.storage_location_id)
+        };
         let mut storage = self.scans.clone();
         if let Err(err) = velour_jobs::push_scan(&mut storage, job).await {
             tracing::error!(scan_run.id = run.id, error = %err, "could not queue scan");
@@ -256,7 +257,7 @@ pub fn app(state: GatewayState) -> impl poem::Endpoint {
         .around(limits::limit_body)
         .catch_all_error(error::render_any_error)
         .with(federation)
-        .with(Tracing)
+        .around(velour_telemetry::trace_request)
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.

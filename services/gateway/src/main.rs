@@ -29,12 +29,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = velour_telemetry::init("velour-gateway")?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -47,5 +42,7 @@ async fn main() -> anyhow::Result<()> {
         federation: &cli.federation,
         peer: &cli.peer,
     };
-    velour_gateway::run(settings, shutdown).await
+    let outcome = velour_gateway::run(settings, shutdown).await;
+    telemetry.shutdown();
+    outcome
 }

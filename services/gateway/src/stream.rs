@@ -172,6 +172,7 @@ async fn relay_to(
         }
     }
 
+    velour_telemetry::inject_headers(&mut headers);
     let sent = state.stream_http.request(method, url).headers(headers).send();
     let upstream = match tokio::time::timeout(STREAM_ANSWER_TIMEOUT, sent).await {
         Ok(Ok(response)) => response,

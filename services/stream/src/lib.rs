@@ -109,6 +109,7 @@ pub fn app(state: StreamState) -> impl Endpoint + 'static {
         .at("/healthz", poem::get(healthz))
         .data(state)
         .catch_all_error(error::routing_error)
+        .around(velour_telemetry::trace_request)
 }
 
 /// Serves on `listener` until `shutdown` resolves.

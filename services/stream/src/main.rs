@@ -1,17 +1,19 @@
 //! `velour-stream`: serves video bytes until interrupted.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use velour_stream::StreamCli;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = StreamCli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let telemetry = velour_telemetry::init("velour-stream")?;
 
     let StreamCli { database, addr, peer, signing, assets, federation } = &cli;
-    velour_stream::run(database, addr, peer, signing, assets, federation, shutdown_signal()).await
+    let outcome =
+        velour_stream::run(database, addr, peer, signing, assets, federation, shutdown_signal())
+            .await;
+    telemetry.shutdown();
+    outcome
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM (how containers are stopped).

@@ -155,14 +155,7 @@ enum KeyCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Logs go to standard error, so that `key create` prints nothing but the key.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = velour_telemetry::init(cli.command.service_name())?;
 
     let stop = CancellationToken::new();
     tokio::spawn({
@@ -174,7 +167,26 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    match cli.command {
+    let outcome = run(cli.command, stop).await;
+    telemetry.shutdown();
+    outcome
+}
+
+impl Command {
+    /// The name this process's spans carry (unless `OTEL_SERVICE_NAME` is set).
+    fn service_name(&self) -> &'static str {
+        match self {
+            Self::Gateway { .. } => "velour-gateway",
+            Self::Worker { .. } => "velour-worker",
+            Self::Stream { .. } => "velour-stream",
+            Self::Up(_) => "velour",
+            Self::Migrate { .. } | Self::Key { .. } | Self::Secrets { .. } => "velour-admin",
+        }
+    }
+}
+
+async fn run(command: Command, stop: CancellationToken) -> anyhow::Result<()> {
+    match command {
         Command::Gateway { db, redis, gateway, stream, signing, federation, peer } => {
             let stop = stop.cancelled_owned();
             let settings = velour_gateway::Settings {

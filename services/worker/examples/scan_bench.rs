@@ -90,7 +90,7 @@ async fn scan(
     label: &str,
 ) -> anyhow::Result<f64> {
     let (run, _) = enqueue_scan_run(pool, location).await?;
-    let job = ScanLocation { scan_run_id: run.id, storage_location_id: location };
+    let job = ScanLocation::new(run.id, location);
     let started = Instant::now();
     let counts = scan_location(state, job).await?;
     let seconds = started.elapsed().as_secs_f64();

@@ -99,7 +99,7 @@ async fn add_location(pool: &PgPool, name: &str, kind: StorageType, config: Valu
 async fn scan(state: &WorkerState, location_id: i64) -> (i64, Result<ScanCounts, ScanError>) {
     let (run, created) = enqueue_scan_run(&state.pool, location_id).await.unwrap();
     assert!(created, "a fresh run is queued for each scan");
-    let job = ScanLocation { scan_run_id: run.id, storage_location_id: location_id };
+    let job = ScanLocation::new(run.id, location_id);
     (run.id, scan_location(state, job).await)
 }
 
@@ -236,7 +236,7 @@ async fn a_finished_run_is_not_scanned_again() {
 
         let (run_id, counts) = scan(&state, location).await;
         assert_eq!(counts.unwrap(), ScanCounts::default());
-        let again = ScanLocation { scan_run_id: run_id, storage_location_id: location };
+        let again = ScanLocation::new(run_id, location);
         let outcome = scan_location(&state, again).await;
         assert!(matches!(outcome, Err(ScanError::RunNotActive(id)) if id == run_id));
     })
@@ -269,8 +269,8 @@ async fn a_locked_location_fails_queued_runs_and_leaves_running_ones_alone() {
 
         let (run, _) = enqueue_scan_run(&pool, location).await.unwrap();
         velour_db::scans::start_scan_run(&pool, run.id).await.unwrap();
-        let job = ScanLocation { scan_run_id: run.id, storage_location_id: location };
-        let outcome = scan_location(&state, job).await;
+        let job = ScanLocation::new(run.id, location);
+        let outcome = scan_location(&state, job.clone()).await;
         assert!(matches!(outcome, Err(ScanError::LocationBusy)));
         assert_eq!(get_scan_run(&pool, run.id).await.unwrap().state, "running");
 
@@ -803,7 +803,7 @@ async fn queued_jobs_are_run_and_refused_keys_are_not_retried() {
         let mut sink = storage.clone();
         let mut push = async |location: i64| {
             let (run, _) = enqueue_scan_run(&pool, location).await.unwrap();
-            let job = ScanLocation { scan_run_id: run.id, storage_location_id: location };
+            let job = ScanLocation::new(run.id, location);
             sink.push(job).await.unwrap();
             run.id
         };
@@ -2056,13 +2056,47 @@ async fn old_tombstones_are_pruned_and_the_images_of_gone_videos_swept() {
 
         // Past the retention, the row, its tombstone and its work go, and the newest
         // removal forgotten becomes the horizon.
+        sqlx::query(
+            "UPDATE videos SET removed_at = now() - interval '40 days'
+             WHERE removed_at IS NOT NULL",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        // A scan bringing the video back locks its work first, then the video: the prune
+        // locks works first too, so it waits for the scan instead of deadlocking with it,
+        // and then forgets nothing the scan brought back.
+        let mut reviving = pool.begin().await.unwrap();
+        sqlx::query(
+            "SELECT w.id FROM works w JOIN videos v ON v.work_id = w.id
+                     WHERE v.removed_at IS NOT NULL FOR KEY SHARE OF w",
+        )
+        .execute(&mut *reviving)
+        .await
+        .unwrap();
+        let pruning = tokio::spawn({
+            let state = state.clone();
+            async move { prune_tombstones(&state).await }
+        });
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        while sqlx::query_scalar::<_, i64>(waiting).fetch_one(&pool).await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sqlx::query("UPDATE videos SET removed_at = NULL WHERE removed_at IS NOT NULL")
+            .execute(&mut *reviving)
+            .await
+            .unwrap();
+        reviving.commit().await.unwrap();
+        assert_eq!(pruning.await.unwrap().unwrap(), Some(Pruned::default()));
         let removed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
             "UPDATE videos SET removed_at = now() - interval '40 days'
-             WHERE removed_at IS NOT NULL RETURNING removed_at",
+             WHERE filename = 'Gone (2002).mp4' RETURNING removed_at",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
+
         // Another worker pruning at this moment: this one leaves it to that one.
         let mut other = pool.begin().await.unwrap();
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -2079,11 +2113,31 @@ async fn old_tombstones_are_pruned_and_the_images_of_gone_videos_swept() {
             sqlx::query_scalar("SELECT title FROM works").fetch_all(&pool).await.unwrap();
         assert_eq!(titles, ["Kept"]);
 
-        // The gone video's image is deleted from the store; the kept one's stays.
+        // The gone video's image is deleted from the store, with its emptied folder; the
+        // kept one's stays. An image the store will not delete (here a folder in its place)
+        // does not hold the others up: it waits behind them.
+        let stuck = "thumbnails/999/stuck.jpg";
+        std::fs::create_dir_all(store.path().join(stuck).join("inside")).unwrap();
+        sqlx::query(
+            "INSERT INTO orphaned_assets (storage_key, orphaned_at)
+             VALUES ($1, now() - interval '1 day')",
+        )
+        .bind(stuck)
+        .execute(&pool)
+        .await
+        .unwrap();
         assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 1);
         assert!(!gone_image.exists());
+        assert!(!gone_image.parent().unwrap().exists(), "its folder stays");
         assert!(kept_image.is_file());
         assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 0);
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT storage_key FROM orphaned_assets WHERE claimed_until > now()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(waiting, [stuck]);
 
         // Deleting the location leaves its images to the sweep too.
         velour_db::locations::delete_location(&pool, location).await.unwrap();

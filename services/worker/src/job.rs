@@ -11,6 +11,7 @@ use futures_util::future::{BoxFuture, Shared};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use tracing::{info, instrument, warn};
 use url::Url;
 use velour_core::settings::redact_url;
@@ -219,7 +220,10 @@ async fn handle_scan_job(
     state: Data<WorkerState>,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
-    match scan_location(&state, job).await {
+    // The scan joins the trace of the request that asked for it.
+    let span = tracing::info_span!("scan job", scan_run.id = job.scan_run_id);
+    velour_telemetry::adopt_carrier(&span, &job.trace);
+    match scan_location(&state, job).instrument(span).await {
         Ok(_) => Ok(()),
         Err(ScanError::RunNotActive(run_id)) => {
             info!(scan_run.id = run_id, "the run is already finished; nothing to do");

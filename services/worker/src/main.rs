@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "velour-worker", version, about = "Velour's scan worker")]
@@ -14,13 +13,11 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = velour_telemetry::init("velour-worker")?;
     info!(version = velour_core::VERSION, "velour-worker starting");
-    velour_worker::run_from_args(&cli.args, shutdown_signal()).await
+    let outcome = velour_worker::run_from_args(&cli.args, shutdown_signal()).await;
+    telemetry.shutdown();
+    outcome
 }
 
 /// Resolves on Ctrl-C, or on SIGTERM (what service managers and containers send).

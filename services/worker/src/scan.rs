@@ -124,7 +124,7 @@ pub async fn scan_location(
     // A panic is caught so that the run is still recorded as failed instead of being left
     // running with nobody working on it.
     let mut tally = Tally::default();
-    let outcome = AssertUnwindSafe(scan_by_storage_type(state, job, &mut tally))
+    let outcome = AssertUnwindSafe(scan_by_storage_type(state, &job, &mut tally))
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(ScanFailure::Internal(panic_message(panic.as_ref()))));
@@ -249,7 +249,7 @@ async fn queue_thumbnails(state: &WorkerState, location_id: i64) {
 
 async fn scan_by_storage_type(
     state: &WorkerState,
-    job: ScanLocation,
+    job: &ScanLocation,
     tally: &mut Tally,
 ) -> Result<(), ScanFailure> {
     let location =

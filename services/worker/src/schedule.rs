@@ -34,6 +34,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Images of gone videos deleted per tick and worker.
 const SWEEP_BATCH: i64 = 200;
 
+/// How long a worker holds the images it is deleting; one it failed to delete waits that
+/// long before it is tried again.
+const SWEEP_HOLD: Duration = Duration::from_secs(300);
+
 /// Forgets tombstones older than the retention (none when it is unset); `None` when
 /// another worker is pruning.
 pub async fn prune_tombstones(state: &WorkerState) -> Result<Option<Pruned>, DbError> {
@@ -57,25 +61,27 @@ pub async fn prune_tombstones(state: &WorkerState) -> Result<Option<Pruned>, DbE
     Ok(pruned)
 }
 
-/// Deletes the stored images of videos whose rows are gone, returning how many. An image
-/// the store fails to delete stays listed, and is tried again on the next tick.
+/// Deletes up to `SWEEP_BATCH` stored images of videos whose rows are gone (those no other
+/// worker is deleting), returning how many went. An image the store fails to delete stays
+/// listed, and is tried again after `SWEEP_HOLD`, behind the others.
 pub async fn sweep_orphaned_assets(state: &WorkerState) -> Result<usize, DbError> {
-    let mut swept = 0;
-    loop {
-        let keys = maintenance::orphaned_assets(&state.pool, SWEEP_BATCH).await?;
-        let mut deleted = Vec::with_capacity(keys.len());
-        for key in &keys {
-            match state.assets.delete(key).await {
-                Ok(()) => deleted.push(key.clone()),
-                Err(err) => warn!(asset.key = %key, error = %err, "could not delete an image"),
+    let keys = maintenance::claim_orphaned_assets(&state.pool, SWEEP_BATCH, SWEEP_HOLD).await?;
+    let mut deleted = Vec::with_capacity(keys.len());
+    let mut failed = 0;
+    for key in keys {
+        match state.assets.delete(&key).await {
+            Ok(()) => deleted.push(key),
+            Err(err) => {
+                failed += 1;
+                debug!(asset.key = %key, error = %err, "could not delete an image");
             }
         }
-        maintenance::forget_orphaned_assets(&state.pool, &deleted).await?;
-        swept += deleted.len();
-        if deleted.len() < keys.len() || keys.len() < SWEEP_BATCH as usize {
-            return Ok(swept);
-        }
     }
+    if failed > 0 {
+        warn!(images = failed, "could not delete some images of gone videos; trying later");
+    }
+    maintenance::forget_orphaned_assets(&state.pool, &deleted).await?;
+    Ok(deleted.len())
 }
 
 /// Queues a scan of every location whose scheduled rescan is due, returning their ids.
@@ -102,7 +108,7 @@ pub async fn queue_due_rescans(
                 debug!(location.id = location_id, scan_run.id = run.id, "rescan joins a scan");
                 continue;
             }
-            let job = ScanLocation { scan_run_id: run.id, storage_location_id: location_id };
+            let job = ScanLocation::new(run.id, location_id);
             let mut queue = queue.clone();
             if let Err(err) = velour_jobs::push_scan(&mut queue, job).await {
                 // The run would sit queued forever: fail it; the next interval tries again.

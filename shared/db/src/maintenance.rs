@@ -20,6 +20,12 @@ pub struct Pruned {
     pub works: u64,
 }
 
+/// Removals of the last hour are never forgotten, whatever `before` says: a listing page
+/// kept in a gateway's memory (a minute at most) carries a cursor from before it was kept,
+/// and that cursor must stay past the horizon, or the peer holding it would be told to
+/// read everything again at each scan.
+const NEWEST_PRUNABLE: &str = "LEAST($1, now() - interval '1 hour')";
+
 /// Forgets every removal before `before`: removed videos' rows, the tombstones of rows
 /// deleted outright, and the works left with no video at all. The newest removal time
 /// forgotten becomes the horizon (`tombstone_horizon`) in the same transaction, so a
@@ -37,22 +43,36 @@ pub async fn prune_tombstones(
     if !ours {
         return Ok(None);
     }
+    // The works first, in id order, as scans lock them (a work, then its videos): a scan
+    // bringing a removed video back then waits for the prune, or the prune for it,
+    // instead of each holding what the other needs.
+    let works_touched: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM works WHERE id IN (SELECT work_id FROM videos
+                                           WHERE removed_at < {NEWEST_PRUNABLE})
+         ORDER BY id FOR UPDATE"
+    )))
+    .bind(before)
+    .fetch_all(&mut *tx)
+    .await?;
     // Each row deleted here leaves a tombstone in `deleted_videos` (a trigger keeps its
     // removal time), which the next statement prunes with the others.
-    let (videos, works_touched): (i64, Vec<i64>) = sqlx::query_as(
-        "WITH gone AS (DELETE FROM videos WHERE removed_at < $1 RETURNING work_id)
-         SELECT count(*), COALESCE(array_agg(DISTINCT work_id), '{}') FROM gone",
-    )
+    let videos = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM videos WHERE removed_at < {NEWEST_PRUNABLE} AND work_id = ANY($2)"
+    )))
     .bind(before)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (tombstones, newest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-        "WITH gone AS (DELETE FROM deleted_videos WHERE removed_at < $1 RETURNING removed_at)
-         SELECT count(*), max(removed_at) FROM gone",
-    )
-    .bind(before)
-    .fetch_one(&mut *tx)
-    .await?;
+    .bind(&works_touched)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let (tombstones, newest): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH gone AS (DELETE FROM deleted_videos WHERE removed_at < {NEWEST_PRUNABLE}
+                           RETURNING removed_at)
+             SELECT count(*), max(removed_at) FROM gone"
+        )))
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await?;
     let works = crate::locations::delete_works_without_videos(&mut tx, &works_touched).await?;
     if let Some(newest) = newest {
         sqlx::query(
@@ -65,7 +85,7 @@ pub async fn prune_tombstones(
         .await?;
     }
     tx.commit().await?;
-    Ok(Some(Pruned { videos: videos as u64, tombstones: tombstones as u64, works }))
+    Ok(Some(Pruned { videos, tombstones: tombstones as u64, works }))
 }
 
 /// The newest removal whose tombstone was pruned: changes since a cursor at or before it
@@ -76,14 +96,26 @@ pub async fn tombstone_horizon(pool: &PgPool) -> Result<Option<DateTime<Utc>>, D
         .await?)
 }
 
-/// Up to `limit` asset store keys whose video rows are gone, oldest first. Delete the
-/// files, then `forget_orphaned_assets`; two workers sweeping at once delete a file twice,
-/// which the asset store takes as done.
-pub async fn orphaned_assets(pool: &PgPool, limit: i64) -> Result<Vec<String>, DbError> {
+/// Claims, for `hold`, up to `limit` asset store keys whose video rows are gone, oldest
+/// first, that no other worker holds. Delete the files, then `forget_orphaned_assets`; a
+/// key whose file could not be deleted is offered again once the claim lapses, after the
+/// others.
+pub async fn claim_orphaned_assets(
+    pool: &PgPool,
+    limit: i64,
+    hold: std::time::Duration,
+) -> Result<Vec<String>, DbError> {
     Ok(sqlx::query_scalar(
-        "SELECT storage_key FROM orphaned_assets ORDER BY orphaned_at, storage_key LIMIT $1",
+        "UPDATE orphaned_assets SET claimed_until = now() + $2,
+                                    orphaned_at = now()
+         WHERE storage_key IN (
+             SELECT storage_key FROM orphaned_assets
+             WHERE claimed_until IS NULL OR claimed_until < now()
+             ORDER BY orphaned_at, storage_key LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING storage_key",
     )
     .bind(limit)
+    .bind(hold)
     .fetch_all(pool)
     .await?)
 }

@@ -326,6 +326,8 @@ pub async fn location_cipher(
     settings: &SecretsSettings,
 ) -> Result<SecretsCipher, DbError> {
     let cipher = SecretsCipher::new(settings);
+    // Settings that make no key (`catalog` as both) fail here, with or without secrets.
+    cipher.keys(pool).await?;
     let sealed = prepare_location_secrets(pool, &cipher).await?;
     if sealed > 0 {
         tracing::info!(locations = sealed, "sealed plaintext location secrets");

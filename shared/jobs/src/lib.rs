@@ -8,10 +8,21 @@ use apalis_redis::RedisStorage;
 use serde::{Deserialize, Serialize};
 
 /// Scan one storage location (folder, bucket or peer) for the scan run already recorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanLocation {
     pub scan_run_id: i64,
     pub storage_location_id: i64,
+    /// The W3C trace context of whoever asked for the scan (`traceparent`), so that the
+    /// scan's spans join that request's trace. Empty for scheduled scans.
+    #[serde(default, skip_serializing_if = "std::collections::HashMap::is_empty")]
+    pub trace: std::collections::HashMap<String, String>,
+}
+
+impl ScanLocation {
+    /// A scan with no trace to join.
+    pub fn new(scan_run_id: i64, storage_location_id: i64) -> Self {
+        Self { scan_run_id, storage_location_id, trace: Default::default() }
+    }
 }
 
 /// The Redis queue of `ScanLocation` jobs.

@@ -147,10 +147,20 @@ impl AssetStore {
             Self::Directory(root) => {
                 let path = root.join(key);
                 match tokio::fs::remove_file(&path).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(source) => Err(AssetError::Io { path, source }),
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(AssetError::Io { path, source }),
                 }
+                // The folders the key named go too, once empty (`remove_dir` leaves a
+                // folder that still holds anything), up to the store's root.
+                let mut folder = path.parent();
+                while let Some(dir) = folder.filter(|dir| *dir != root.as_path()) {
+                    if tokio::fs::remove_dir(dir).await.is_err() {
+                        break;
+                    }
+                    folder = dir.parent();
+                }
+                Ok(())
             }
             Self::Bucket { client, settings } => {
                 client
