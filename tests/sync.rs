@@ -431,3 +431,109 @@ async fn a_peer_whose_cursor_is_older_than_the_tombstones_kept_reads_everything_
     b.stop().await?;
     a.stop().await
 }
+
+/// Relays every request to `peer`, running `meanwhile` on the peer's catalog once, just
+/// before it relays the first request whose query holds `trigger`. Returns the relay's URL.
+async fn relay_with_change(
+    peer: &Instance,
+    trigger: &'static str,
+    meanwhile: &'static str,
+) -> anyhow::Result<url::Url> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay = url::Url::parse(&format!("http://{}/", listener.local_addr()?))?;
+    let (base, http, pool) = (peer.url("/"), peer.http.clone(), peer.pool().clone());
+    let changed = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let app = poem::endpoint::make::<_, _, poem::Response, poem::Result<poem::Response>>(
+        move |req: poem::Request| {
+            let (base, http, pool, changed) =
+                (base.clone(), http.clone(), pool.clone(), changed.clone());
+            async move {
+                let query = req.uri().query().unwrap_or_default();
+                if query.contains(trigger) {
+                    changed
+                        .get_or_try_init(|| async { sqlx::raw_sql(meanwhile).execute(&pool).await })
+                        .await
+                        .map_err(poem::error::InternalServerError)?;
+                }
+                let target = base
+                    .join(
+                        req.uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .trim_start_matches('/'),
+                    )
+                    .map_err(poem::error::BadRequest)?;
+                let mut upstream = http.request(req.method().clone(), target);
+                if let Some(auth) = req.headers().get("authorization") {
+                    upstream = upstream.header("authorization", auth);
+                }
+                let answer = upstream.send().await.map_err(poem::error::BadGateway)?;
+                let status = answer.status();
+                let kind = answer.headers().get("content-type").cloned();
+                let body = answer.bytes().await.map_err(poem::error::BadGateway)?;
+                let mut response = poem::Response::builder().status(status);
+                if let Some(kind) = kind {
+                    response = response.header("content-type", kind);
+                }
+                poem::Result::Ok(response.body(body))
+            }
+        },
+    );
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    Ok(relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_video_moved_between_works_while_a_peer_is_read_is_not_lost() -> anyhow::Result<()> {
+    let a = Instance::start("A").await?;
+    let b = Instance::start("B").await?;
+    // 150 works, read 100 to a page: Work 140 is on the second page.
+    sqlx::raw_sql(
+        "INSERT INTO storage_locations (name, storage_type, configuration)
+           VALUES ('shelf', 'local', '{\"path\": \"/nonexistent\"}');
+         INSERT INTO works (title) SELECT format('Work %s', lpad(n::text, 3, '0'))
+           FROM generate_series(1, 150) n;
+         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+           SELECT id, 1, id::text, title || '.mp4', 1 FROM works;",
+    )
+    .execute(a.pool())
+    .await?;
+    // Once B has read the first page, A's owner files Work 140's video under Work 001,
+    // which B has read already, as A's own scan would.
+    let relay = relay_with_change(
+        &a,
+        "page=2",
+        "UPDATE videos SET work_id = (SELECT id FROM works WHERE title = 'Work 001'),
+                           updated_at = now()
+          WHERE filename = 'Work 140.mp4'",
+    )
+    .await?;
+    let (_, key) = member_key(&a, "B").await?;
+    let body = json!({ "name": "A", "storage_type": "velour", "configuration": {
+        "remote_instance_url": relay.as_str(), "api_key": key, "instance_name": "A" } });
+    let created =
+        b.post_json("/api/v1/admin/storage_locations", &body, StatusCode::CREATED).await?;
+    let location = created["id"].as_i64().context("no id")?;
+
+    let run = b.scan(location).await?;
+    assert_eq!(counts(&run, "videos"), [150, 150, 0, 0], "{run}");
+    let works = b.all_works().await?;
+    let files = |title: &str| -> Vec<String> {
+        let work = works.iter().find(|w| w["title"] == title);
+        let videos = work.and_then(|w| w["videos"].as_array()).cloned().unwrap_or_default();
+        let mut names: Vec<String> =
+            videos.iter().filter_map(|v| v["filename"].as_str().map(str::to_owned)).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files("Work 001"), ["Work 001.mp4", "Work 140.mp4"]);
+    assert_eq!(works.len(), 149, "Work 140 has no video left");
+    // The next scan reads changes from there on, and finds nothing to add or remove.
+    assert!(sync_cursor(&b, location).await?.is_some(), "no cursor kept");
+    let rescan = b.scan(location).await?;
+    assert_eq!(counts(&rescan, "videos")[1..], [0, 0, 0], "{rescan}");
+    assert_eq!(b.all_works().await?.len(), 149);
+    a.stop().await?;
+    b.stop().await
+}

@@ -705,6 +705,15 @@ async fn stored_cursor(pool: &PgPool, location: i64) -> Option<String> {
     velour_db::locations::sync_cursor(pool, location).await.unwrap()
 }
 
+async fn present_videos(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM videos WHERE removed_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+const CHANGES_SINCE_C1_PAGE_2: &str = "/api/v1/works?updated_since=c1&page=2&per_page=100";
+
 #[tokio::test]
 async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_complete_scans() {
     with_database(|pool| async move {
@@ -714,31 +723,43 @@ async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_comp
         let config = json!({ "remote_instance_url": peer.url.as_str() });
         let location = add_location(&pool, "Peer", StorageType::Velour, config).await;
 
-        // The first scan reads everything and keeps the cursor of its first page.
-        let (_, counts) = scan(&state, location).await;
-        let expected = ScanCounts { works_added: 2, videos_added: 2, ..only_seen(2, 2) };
-        assert_eq!(counts.unwrap(), expected);
-        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
-        peer.take_requests();
-
-        // Changes whose second page fails: the run fails and the cursor stays where it was.
+        // A first scan reads everything, then the changes made meanwhile (since its first
+        // page's cursor) before it sweeps. When those fail, the run fails: what was read
+        // stays, nothing is swept and no cursor is kept.
         peer.set(PeerMode::SyncingSecondChangePageFails);
         let (_, outcome) = scan(&state, location).await;
         assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::Peer(_)))), "{outcome:?}");
-        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
+        assert_eq!(stored_cursor(&pool, location).await, None);
+        assert_eq!(present_videos(&pool).await, 2);
 
-        // Read again in full: the grown video is updated, the tombstone removes Big Buck
-        // Bunny's video, and with it the work from the listing.
+        // Read again in full with the changes: the grown video is updated, the tombstone
+        // removes Big Buck Bunny's video, and with it the work from the listing; the cursor
+        // kept is the one the changes came with.
         peer.set(PeerMode::Syncing);
+        peer.take_requests();
         let (_, counts) = scan(&state, location).await;
-        let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(1, 1) };
-        assert_eq!(counts.unwrap(), expected);
+        let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(2, 2) };
+        assert_eq!(counts.unwrap(), ScanCounts { videos_updated: 2, ..expected });
         assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c2"));
+        let requests = peer.take_requests();
+        assert_eq!(requests.last().map(String::as_str), Some(CHANGES_SINCE_C1_PAGE_2));
         let page = PageRequest::new(None, None).unwrap();
         let (works, total) =
             velour_db::catalog::list_works(&pool, &Default::default(), page).await.unwrap();
         assert_eq!(total, 1);
         assert_eq!(works[0].videos[0].file_size, 4321);
+
+        // Changes whose second page fails, read from a cursor kept before: the run fails
+        // and the cursor stays where it was.
+        velour_db::locations::set_sync_cursor(&pool, location, Some("c1")).await.unwrap();
+        peer.set(PeerMode::SyncingSecondChangePageFails);
+        let (_, outcome) = scan(&state, location).await;
+        assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::Peer(_)))), "{outcome:?}");
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
+        peer.set(PeerMode::Syncing);
+        let (_, counts) = scan(&state, location).await;
+        assert_eq!(counts.unwrap().videos_removed, 0, "the tombstone was applied already");
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c2"));
 
         // Unchanged since: one request, nothing written.
         peer.take_requests();
@@ -2232,6 +2253,36 @@ async fn a_folder_is_read_a_few_files_at_a_time_and_saved_in_walk_order() {
         let mut walked = saved.clone();
         walked.sort();
         assert_eq!(saved, walked);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_long_scan_folds_the_listed_works_total_as_it_adds_videos() {
+    use crate::scan::{FOLD_DELTAS_EVERY, ScanContext};
+    with_database(|pool| async move {
+        let state = state(&pool);
+        let deltas = async || -> (i64, i64) {
+            sqlx::query_as(
+                "SELECT count(*), COALESCE(sum(works), 0)::BIGINT FROM listed_works_deltas",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+        // What one statement per new file leaves behind.
+        sqlx::query("INSERT INTO listed_works_deltas (works) SELECT 1 FROM generate_series(1, 7)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let before = deltas().await;
+        let scan = ScanContext::new(&state, 0, 0);
+        for _ in 1..FOLD_DELTAS_EVERY {
+            scan.wrote_listing().await;
+        }
+        assert_eq!(deltas().await, before, "folded before its time");
+        scan.wrote_listing().await;
+        assert_eq!(deltas().await, (1, before.1), "the same total, in one row");
     })
     .await;
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
-use velour_db::ingest::{self, FoundVideo, FoundWork, KnownVideo};
+use velour_db::ingest::{self, FoundVideo, FoundWork, KnownVideo, VideoChange};
 use velour_db::locations::LocationWithSecrets;
 use walkdir::{DirEntry, WalkDir};
 
@@ -417,6 +417,9 @@ pub(crate) async fn save_video(
     };
     let (video_id, video_change) = ingest::upsert_video(&mut tx, &video).await?;
     tx.commit().await?;
+    if matches!(video_change, VideoChange::Created | VideoChange::Restored) {
+        scan.wrote_listing().await;
+    }
 
     tally.work(work_id, work_change);
     tally.video(video_id, work_id, video_change);

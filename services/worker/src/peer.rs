@@ -80,11 +80,21 @@ pub(crate) async fn scan_peer(
 
     let pages = if by_key { Pages::AfterKey } else { Pages::Numbered };
     let listing = read_listing(scan, &client, &base_url, pages, tally).await?;
+    let mut cursor = listing.next_cursor.filter(|_| incremental);
+    // A video the peer moved, while we read, from a work not yet read to one already read
+    // was on no page; the sweep would remove it until the next scan. The peer's changes
+    // since the first page hold its new work (and tombstones of what went meanwhile), so
+    // they are read before the sweep. A peer without changes is read by page number and
+    // keeps that gap.
+    if let Some(since) = cursor.take() {
+        let changes = read_listing(scan, &client, &base_url, Pages::Changes(&since), tally).await?;
+        debug!(caught_up = changes.next_cursor.is_some(), "changes made while reading read");
+        cursor = changes.next_cursor;
+    }
     // Only a complete listing gets here: every failure above returned early.
     let sweep =
         ingest::remove_unseen_videos(pool, scan.location_id, &tally.seen_video_ids()).await?;
     tally.swept(sweep);
-    let cursor = listing.next_cursor.filter(|_| incremental);
     locations::set_sync_cursor(pool, scan.location_id, cursor.as_deref()).await?;
     Ok(())
 }
@@ -219,6 +229,7 @@ async fn read_listing(
             None => saving.await?,
         };
         tally.merge(page_tally);
+        scan.wrote_listing().await;
 
         if !more {
             break;

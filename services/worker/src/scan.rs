@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use sqlx::pool::PoolConnection;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tracing::{debug, error, info, instrument, warn};
 use velour_core::StorageType;
@@ -148,9 +149,8 @@ pub async fn scan_location(
     record_schedule(state, job.storage_location_id, &outcome).await;
     let recorded = scans::finish_scan_run(pool, run_id, counts, message.as_deref()).await;
     lock.release().await;
-    // The scan wrote a delta of the listed-works total per statement; fold them into one.
-    // TODO(#5): a first scan of a large folder writes one delta per new file until it
-    // ends (the total then sums thousands of rows, ~1 ms); fold every few hundred files.
+    // The scan wrote a delta of the listed-works total per statement (folded every
+    // `FOLD_DELTAS_EVERY` videos added along the way); fold the rest into one.
     if let Err(err) = velour_db::catalog::compact_listed_works(pool).await {
         warn!(error = %err, "could not compact the listed-works total");
     }
@@ -259,7 +259,7 @@ async fn scan_by_storage_type(
             Err(DbError::NotFound) => return Err(ScanFailure::LocationGone),
             Err(err) => return Err(err.into()),
         };
-    let scan = ScanContext { state, run_id: job.scan_run_id, location_id: location.location.id };
+    let scan = ScanContext::new(state, job.scan_run_id, location.location.id);
 
     match location.location.kind() {
         Some(StorageType::Local) => local::scan_folder(&scan, &location, tally).await,
@@ -314,11 +314,36 @@ pub(crate) struct ScanContext<'a> {
     pub state: &'a WorkerState,
     pub run_id: i64,
     pub location_id: i64,
+    /// Statements of this scan that may have written a delta of the listed-works total:
+    /// a video added (or brought back) by itself, or a peer's page.
+    listing_writes: AtomicU32,
 }
 
-impl ScanContext<'_> {
+/// Listing writes between two foldings of the listed-works deltas: a first scan of a large
+/// folder would otherwise leave one delta row per new file until it ends (and one of a
+/// peer, one or two per page), and every read of the total (each `/instance`, each
+/// listing) would sum them all.
+pub(crate) const FOLD_DELTAS_EVERY: u32 = 500;
+
+impl<'a> ScanContext<'a> {
+    pub fn new(state: &'a WorkerState, run_id: i64, location_id: i64) -> Self {
+        Self { state, run_id, location_id, listing_writes: AtomicU32::new(0) }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.state.pool
+    }
+
+    /// Counts a committed statement that may have written a listed-works delta, and folds
+    /// the deltas every `FOLD_DELTAS_EVERY` of them. A failed folding only leaves more rows
+    /// to sum.
+    pub async fn wrote_listing(&self) {
+        let writes = self.listing_writes.fetch_add(1, Ordering::Relaxed) + 1;
+        if writes.is_multiple_of(FOLD_DELTAS_EVERY)
+            && let Err(err) = velour_db::catalog::compact_listed_works(self.pool()).await
+        {
+            warn!(error = %err, "could not fold the listed-works total");
+        }
     }
 
     /// Records a file (or peer video) the scan looked at and did not index.
