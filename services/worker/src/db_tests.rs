@@ -2136,18 +2136,24 @@ async fn old_tombstones_are_pruned_and_the_images_of_gone_videos_swept() {
 
         // The gone video's image is deleted from the store, with its emptied folder; the
         // kept one's stays. An image the store will not delete (here a folder in its place)
-        // does not hold the others up: it waits behind them.
+        // does not hold the others up: it waits behind them. A key no file can have
+        // (outside the store) is forgotten, and touches nothing.
         let stuck = "thumbnails/999/stuck.jpg";
         std::fs::create_dir_all(store.path().join(stuck).join("inside")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let escaping = format!("../{}/x.jpg", outside.path().display());
+        std::fs::write(outside.path().join("x.jpg"), b"not ours").unwrap();
         sqlx::query(
             "INSERT INTO orphaned_assets (storage_key, orphaned_at)
-             VALUES ($1, now() - interval '1 day')",
+             VALUES ($1, now() - interval '1 day'), ($2, now() - interval '1 day')",
         )
         .bind(stuck)
+        .bind(&escaping)
         .execute(&pool)
         .await
         .unwrap();
-        assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 1);
+        assert_eq!(sweep_orphaned_assets(&state).await.unwrap(), 2);
+        assert!(outside.path().join("x.jpg").is_file());
         assert!(!gone_image.exists());
         assert!(!gone_image.parent().unwrap().exists(), "its folder stays");
         assert!(kept_image.is_file());

@@ -19,6 +19,7 @@ use velour_db::maintenance::{self, Pruned};
 use velour_db::rescans::claim_due_rescans;
 use velour_db::scans::{self, ScanCounts};
 use velour_jobs::{ScanLocation, ScanStorage};
+use velour_storage::AssetError;
 
 /// How often a worker looks for due rescans: the most a scan starts after it is due. The
 /// look is one indexed query, so several workers doing it every few seconds cost little.
@@ -71,6 +72,11 @@ pub async fn sweep_orphaned_assets(state: &WorkerState) -> Result<usize, DbError
     for key in keys {
         match state.assets.delete(&key).await {
             Ok(()) => deleted.push(key),
+            // No file can have such a key: there is nothing to delete, now or later.
+            Err(err @ AssetError::BadKey(_)) => {
+                warn!(error = %err, "forgetting an image key the store would never hold");
+                deleted.push(key);
+            }
             Err(err) => {
                 failed += 1;
                 debug!(asset.key = %key, error = %err, "could not delete an image");

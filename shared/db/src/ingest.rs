@@ -425,7 +425,7 @@ fn lock_order<'a>(work: &FoundWork<'a>) -> (&'a [u8], Option<i32>) {
 }
 
 /// The SQL form of `lock_order`.
-const LOCK_ORDER: &str = "w.title COLLATE \"C\", w.year NULLS FIRST, w.id";
+pub(crate) const LOCK_ORDER: &str = "w.title COLLATE \"C\", w.year NULLS FIRST, w.id";
 
 /// Finds or creates every work of a page at once, as `upsert_work` would one by one, and
 /// returns each one's id and change in the order given. Existing works are locked (in

@@ -43,13 +43,14 @@ pub async fn prune_tombstones(
     if !ours {
         return Ok(None);
     }
-    // The works first, in id order, as scans lock them (a work, then its videos): a scan
+    // The works first, in the order scans lock them (a work, then its videos): a scan
     // bringing a removed video back then waits for the prune, or the prune for it,
     // instead of each holding what the other needs.
     let works_touched: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT id FROM works WHERE id IN (SELECT work_id FROM videos
-                                           WHERE removed_at < {NEWEST_PRUNABLE})
-         ORDER BY id FOR UPDATE"
+        "SELECT w.id FROM works w WHERE w.id IN (SELECT work_id FROM videos
+                                                 WHERE removed_at < {NEWEST_PRUNABLE})
+         ORDER BY {LOCK_ORDER} FOR UPDATE",
+        LOCK_ORDER = crate::ingest::LOCK_ORDER
     )))
     .bind(before)
     .fetch_all(&mut *tx)

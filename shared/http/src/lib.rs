@@ -15,14 +15,16 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use poem::listener::Acceptor;
 use poem::{Endpoint, Request};
 use std::convert::Infallible;
 use std::io;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// How long a client may take to send a request's headers once it started: a connection
@@ -35,14 +37,29 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// for as long as it likes.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connection may sit with no request in flight once it made one, HTTP/1.1 and
+/// HTTP/2 alike; then it is closed gracefully (HTTP/2 says GOAWAY first). A response
+/// still being sent counts as in flight however long its reader pauses, so a player that
+/// stopped reading with a full buffer keeps its film. Clients that pool connections
+/// (ours do) drop them sooner, so they never pick one as it is being closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 // No HTTP/2 keep-alive pings: hyper pings once nothing was read from the client for a
 // while, which during a download is always, and the ping's answer then waits behind what
-// is queued for a slow reader: such downloads were cut at about 50 s.
+// is queued for a slow reader: such downloads were cut at about 50 s. Idle connections
+// are closed by `IDLE_TIMEOUT` instead.
 /// The pause after a failed accept (out of file descriptors, say) before the next one,
 /// doubled on each failure in a row up to `ACCEPT_BACKOFF_MAX`, so that a lasting failure
 /// neither spins nor floods the log.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long connections wait for requests.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    first_request: Duration,
+    idle: Duration,
+}
 
 /// Serves `endpoint` on the connections `acceptor` accepts until `shutdown` resolves; then
 /// waits up to `grace` for requests in flight and cuts what is left.
@@ -55,16 +72,81 @@ pub async fn serve<A, E>(
     A: Acceptor,
     E: Endpoint + 'static,
 {
-    serve_waiting(acceptor, endpoint, shutdown, grace, FIRST_REQUEST_TIMEOUT).await;
+    let timeouts = Timeouts { first_request: FIRST_REQUEST_TIMEOUT, idle: IDLE_TIMEOUT };
+    serve_waiting(acceptor, endpoint, shutdown, grace, timeouts).await;
 }
 
-/// `serve`, with new connections given `first_request` to bring a request.
+/// What one connection is doing: requests whose answer is not yet sent in full, and since
+/// when the count last changed.
+struct Activity {
+    opened: Instant,
+    state: Mutex<(usize, Instant)>,
+    asked: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self { opened: now, state: Mutex::new((0, now)), asked: AtomicBool::new(false) })
+    }
+
+    fn change(&self, by: isize) {
+        // A poisoned lock only means a panic elsewhere; the count itself stays whole.
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.0 = state.0.saturating_add_signed(by);
+        state.1 = Instant::now();
+    }
+
+    /// When the connection will have been idle for long enough, if nothing changes: `None`
+    /// while a request is in flight.
+    fn idle_deadline(&self, timeouts: Timeouts) -> Option<Instant> {
+        if !self.asked.load(Ordering::Relaxed) {
+            return Some(self.opened + timeouts.first_request);
+        }
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (state.0 == 0).then_some(state.1 + timeouts.idle)
+    }
+}
+
+/// A response body that counts as in flight until it is sent in full or dropped.
+struct Tracked {
+    body: BoxBody<Bytes, io::Error>,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.activity.change(-1);
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `serve`, with connections given `timeouts` to bring requests.
 async fn serve_waiting<A, E>(
     mut acceptor: A,
     endpoint: E,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
-    first_request: Duration,
+    timeouts: Timeouts,
 ) where
     A: Acceptor,
     E: Endpoint + 'static,
@@ -72,7 +154,7 @@ async fn serve_waiting<A, E>(
     let endpoint = Arc::new(endpoint);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let (stopping, _) = watch::channel(false);
     let mut backoff = ACCEPT_BACKOFF;
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -86,42 +168,34 @@ async fn serve_waiting<A, E>(
                 Ok((io, local, remote, scheme)) => {
                     backoff = ACCEPT_BACKOFF;
                     let endpoint = Arc::clone(&endpoint);
-                    let started = Arc::new(AtomicBool::new(false));
-                    let asked = Arc::clone(&started);
+                    let activity = Activity::new();
+                    let serving = Arc::clone(&activity);
                     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                        asked.store(true, Ordering::Relaxed);
+                        serving.asked.store(true, Ordering::Relaxed);
+                        serving.change(1);
                         let (local, remote) = (local.clone(), remote.clone());
                         let req = Request::from((req, local, remote, scheme.clone()));
                         let endpoint = Arc::clone(&endpoint);
+                        // Counted out when the body goes, also if the answer is never made.
+                        let activity = Arc::clone(&serving);
+                        let empty = Tracked { body: BoxBody::default(), activity };
                         async move {
                             let response = endpoint.get_response(req).await;
-                            Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, io::Error>>::from(
-                                response,
-                            ))
+                            let response =
+                                hyper::Response::<BoxBody<Bytes, io::Error>>::from(response);
+                            let mut tracked = empty;
+                            Ok::<_, Infallible>(response.map(|body| {
+                                tracked.body = body;
+                                tracked
+                            }))
                         }
                     });
                     let builder = builder.clone();
-                    let watcher = graceful.watcher();
+                    let stopping = stopping.subscribe();
                     connections.spawn(async move {
                         let connection =
                             builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                        let connection = watcher.watch(connection);
-                        tokio::pin!(connection);
-                        let ended = tokio::select! {
-                            ended = &mut connection => ended,
-                            () = tokio::time::sleep(first_request) => {
-                                if !started.load(Ordering::Relaxed) {
-                                    tracing::debug!("no request within the first request timeout");
-                                    return;
-                                }
-                                // The deadline only bounds the wait for a first request.
-                                connection.await
-                            }
-                        };
-                        // A client that goes away mid-answer is routine for a video server.
-                        if let Err(err) = ended {
-                            tracing::debug!(error = %err, "connection ended with an error");
-                        }
+                        serve_connection(connection, activity, timeouts, stopping).await;
                     });
                 }
                 Err(err) => {
@@ -135,10 +209,76 @@ async fn serve_waiting<A, E>(
     }
 
     drop(acceptor);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    // Idle connections close at once, the others once their requests are answered.
+    stopping.send_replace(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::info!(open = connections.len(), "grace period over: closing open connections");
     }
     connections.shutdown().await;
+}
+
+/// Drives one connection to its end: closed gracefully when the server stops or the
+/// connection has been idle for too long, dropped if it never brought a request.
+async fn serve_connection<C>(
+    connection: C,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    mut stopping: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulConnection,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    let ended = loop {
+        let deadline = activity.idle_deadline(timeouts);
+        // While requests are in flight, look again after an idle period.
+        let wake = deadline.unwrap_or_else(|| Instant::now() + timeouts.idle);
+        tokio::select! {
+            ended = &mut connection => break ended,
+            changed = stopping.wait_for(|stop| *stop), if !closing => {
+                // A dropped sender means the server is gone: stop as well.
+                let _ = changed;
+                connection.as_mut().close_gracefully();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(wake.into()), if !closing => {
+                // The deadline may have moved meanwhile: only one that held counts.
+                if activity.idle_deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
+                    if !activity.asked.load(Ordering::Relaxed) {
+                        tracing::debug!("no request within the first request timeout");
+                        return;
+                    }
+                    tracing::debug!("closing an idle connection");
+                    connection.as_mut().close_gracefully();
+                    closing = true;
+                }
+            }
+        }
+    };
+    // A client that goes away mid-answer is routine for a video server.
+    if let Err(err) = ended {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// A connection that can be asked to finish what it is doing and close.
+trait GracefulConnection {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +310,9 @@ mod tests {
         }))
     }
 
+    const FIRST_REQUEST: Duration = Duration::from_millis(500);
+    const IDLE: Duration = Duration::from_millis(1500);
+
     async fn start() -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -179,8 +322,9 @@ mod tests {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let (grace, first_request) = (Duration::from_millis(300), Duration::from_millis(500));
-        let task = tokio::spawn(serve_waiting(acceptor, app, shutdown, grace, first_request));
+        let grace = Duration::from_millis(300);
+        let timeouts = Timeouts { first_request: FIRST_REQUEST, idle: IDLE };
+        let task = tokio::spawn(serve_waiting(acceptor, app, shutdown, grace, timeouts));
         (base, stop, task)
     }
 
@@ -214,13 +358,65 @@ mod tests {
         assert!(closed_within(&mut preface, Duration::from_secs(5)).await, "preface kept");
         assert!(started.elapsed() >= Duration::from_millis(400), "closed too early");
 
-        // A keep-alive connection that made a request outlives that deadline.
+        // A keep-alive connection that made a request outlives that deadline, and is
+        // closed once it has been idle for the idle timeout.
         let mut asked = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answered = Instant::now();
         asked.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut answer = [0u8; 12];
         tokio::io::AsyncReadExt::read_exact(&mut asked, &mut answer).await.unwrap();
         assert_eq!(&answer, b"HTTP/1.1 404");
         assert!(!closed_within(&mut asked, Duration::from_secs(1)).await, "closed after a request");
+        assert!(closed_within(&mut asked, Duration::from_secs(5)).await, "idle kept");
+        assert!(answered.elapsed() >= IDLE, "closed before it was idle for long enough");
+    }
+
+    /// An HTTP/2 connection to `base`, and its driver, which ends when the server closes it.
+    async fn h2_connection(
+        base: &str,
+    ) -> (hyper::client::conn::http2::SendRequest<String>, tokio::task::JoinHandle<()>) {
+        let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        (sender, driver)
+    }
+
+    fn get(path: &str) -> hyper::Request<String> {
+        hyper::Request::get(format!("http://x{path}")).body(String::new()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_http2_connection_is_closed_and_a_paused_download_is_not() {
+        use http_body_util::BodyExt;
+        let (base, _stop, _task) = start().await;
+
+        // Answered, then idle: the server says goodbye after the idle timeout.
+        let (mut sender, driver) = h2_connection(&base).await;
+        let asked = Instant::now();
+        let answer = sender.send_request(get("/counted")).await.unwrap();
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 4 << 20);
+        tokio::time::timeout(Duration::from_secs(5), driver).await.unwrap().unwrap();
+        assert!(asked.elapsed() >= IDLE, "closed after {:?}", asked.elapsed());
+
+        // A download whose reader pauses for longer than that is not idle: it goes on.
+        let (mut sender, mut driver) = h2_connection(&base).await;
+        let answer = sender.send_request(get("/endless")).await.unwrap();
+        let mut body = answer.into_body();
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::sleep(IDLE * 2).await;
+        assert!(!driver.is_finished(), "a paused download was cut");
+        for _ in 0..64 {
+            assert!(body.frame().await.unwrap().is_ok(), "the download did not go on");
+        }
+        // Once the client lets go of it, the connection is idle and closed.
+        drop(body);
+        tokio::time::timeout(Duration::from_secs(5), &mut driver).await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,9 @@ pub fn http_client(settings: &PeerSettings) -> Result<reqwest::Client, PeerError
         .user_agent(concat!("Velour/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(settings.connect_timeout())
         .read_timeout(settings.read_timeout())
+        // Below the 30 s a Velour peer keeps an idle connection open (and nginx's 75 s),
+        // so that we never send a request on one the peer is closing at that moment.
+        .pool_idle_timeout(std::time::Duration::from_secs(20))
         .redirect(reqwest::redirect::Policy::none())
         .https_only(settings.require_https)
         .dns_resolver(guard.resolver());

@@ -10,14 +10,13 @@
 //! show in logs of other services that export, and nothing is sent anywhere.
 
 use http::HeaderMap;
-use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, global};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use std::collections::HashMap;
 use std::time::Duration;
 use tracing::Span;
@@ -58,7 +57,7 @@ impl Telemetry {
 /// spans carry unless `OTEL_SERVICE_NAME` says otherwise.
 pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     let resource = resource(service);
-    let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut tracer = tracer_builder(resource.clone());
     if endpoint_set("TRACES") {
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
         tracer = tracer.with_batch_exporter(exporter);
@@ -90,6 +89,14 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     Ok(Telemetry { tracer, meter })
 }
 
+/// A tracer provider for `resource`, without exporters. Every span is recorded whatever
+/// a caller's `traceparent` says about sampling: a client must not be able to keep its
+/// requests out of traces. Sampling, if wanted, belongs in the collector (tail sampling),
+/// which sees whole traces.
+fn tracer_builder(resource: Resource) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+    SdkTracerProvider::builder().with_resource(resource).with_sampler(Sampler::AlwaysOn)
+}
+
 /// Turns the spans of `tracing` (INFO and above, whatever `RUST_LOG` keeps of the logs)
 /// into OpenTelemetry spans of `provider`.
 pub fn span_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
@@ -101,12 +108,11 @@ where
         .with_filter(LevelFilter::INFO)
 }
 
-/// W3C trace context and baggage, as every service reads and writes them.
+/// W3C trace context (`traceparent`, `tracestate`), as every service reads and writes it.
+/// No baggage: Velour sets none, and what a client sends would travel into the stream
+/// service and queued jobs on its say-so.
 pub fn install_propagator() {
-    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    global::set_text_map_propagator(TraceContextPropagator::new());
 }
 
 fn resource(service: &'static str) -> Resource {
@@ -207,7 +213,8 @@ mod tests {
     #[test]
     fn trace_context_crosses_headers_and_jobs_and_nothing_else() {
         let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let provider =
+            tracer_builder(resource("test")).with_simple_exporter(exporter.clone()).build();
         let subscriber = tracing_subscriber::registry().with(span_layer(&provider));
         install_propagator();
         tracing::subscriber::with_default(subscriber, || {
@@ -235,10 +242,23 @@ mod tests {
             let alone = tracing::info_span!("alone");
             adopt_headers(&alone, &bad);
             assert_ne!(trace_id(&alone), trace);
-            drop((caller, over_http, from_job, alone));
+
+            // A caller that asks not to be sampled is traced all the same, and the baggage
+            // it sends goes no further.
+            let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut unsampled = HeaderMap::new();
+            let parent = format!("00-{trace}-00f067aa0ba902b7-00");
+            unsampled.insert("traceparent", http::HeaderValue::from_str(&parent).unwrap());
+            unsampled.insert("baggage", http::HeaderValue::from_static("user=alice"));
+            let hidden = tracing::info_span!("hidden");
+            adopt_headers(&hidden, &unsampled);
+            assert_eq!(trace_id(&hidden), trace);
+            let passed_on = hidden.in_scope(current_carrier);
+            assert!(!passed_on.contains_key("baggage"), "{passed_on:?}");
+            drop((caller, over_http, from_job, alone, hidden));
         });
         let spans = exporter.get_finished_spans().unwrap_or_default();
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
-        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(names, ["caller", "served", "job", "alone", "hidden"]);
     }
 }
