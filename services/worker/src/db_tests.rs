@@ -298,6 +298,8 @@ enum PeerMode {
     Syncing,
     /// As `Syncing`, but the second page of changes since `c1` fails.
     SyncingSecondChangePageFails,
+    /// As `Syncing`, but changes since `c1` are pruned already (410 `cursor-too-old`).
+    SyncingChangesGone,
     /// Advertises `works.after`: page 1 holds Amélie and says it is the only page, but
     /// names `k1` as where the next one starts (a work was added meanwhile); after `k1`
     /// comes Big Buck Bunny, after `k2` nothing. Page 2 by number fails.
@@ -387,7 +389,8 @@ fn route(mode: PeerMode, target: &str, authorized: bool) -> (&'static str, Strin
         }
         return route_by_key(path, after, page);
     }
-    if matches!(mode, PeerMode::Syncing | PeerMode::SyncingSecondChangePageFails) {
+    let syncing = [PeerMode::Syncing, PeerMode::SyncingSecondChangePageFails];
+    if syncing.contains(&mode) || mode == PeerMode::SyncingChangesGone {
         let since = query.split('&').find_map(|pair| pair.strip_prefix("updated_since="));
         return route_syncing(mode, path, since, page);
     }
@@ -437,6 +440,9 @@ fn route_syncing(
             let mut grown = amelie();
             grown["videos"][0]["file_size"] = json!(4321);
             sync(works_page(1, 2, vec![grown]), "c2", vec![])
+        }
+        ("/api/v1/works", Some("c1"), _) if mode == PeerMode::SyncingChangesGone => {
+            ("410 Gone", json!({ "code": "cursor-too-old", "error": "pruned" }).to_string())
         }
         ("/api/v1/works", Some("c1"), 2) if mode == PeerMode::SyncingSecondChangePageFails => {
             ("500 Internal Server Error", "{}".to_owned())
@@ -734,13 +740,13 @@ async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_comp
 
         // Read again in full with the changes: the grown video is updated, the tombstone
         // removes Big Buck Bunny's video, and with it the work from the listing; the cursor
-        // kept is the one the changes came with.
+        // kept is the full listing's, so the next scan reads those changes again.
         peer.set(PeerMode::Syncing);
         peer.take_requests();
         let (_, counts) = scan(&state, location).await;
         let expected = ScanCounts { works_removed: 1, videos_removed: 1, ..only_seen(2, 2) };
         assert_eq!(counts.unwrap(), ScanCounts { videos_updated: 2, ..expected });
-        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c2"));
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
         let requests = peer.take_requests();
         assert_eq!(requests.last().map(String::as_str), Some(CHANGES_SINCE_C1_PAGE_2));
         let page = PageRequest::new(None, None).unwrap();
@@ -749,9 +755,7 @@ async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_comp
         assert_eq!(total, 1);
         assert_eq!(works[0].videos[0].file_size, 4321);
 
-        // Changes whose second page fails, read from a cursor kept before: the run fails
-        // and the cursor stays where it was.
-        velour_db::locations::set_sync_cursor(&pool, location, Some("c1")).await.unwrap();
+        // Changes whose second page fails: the run fails and the cursor stays where it was.
         peer.set(PeerMode::SyncingSecondChangePageFails);
         let (_, outcome) = scan(&state, location).await;
         assert!(matches!(outcome, Err(ScanError::Failed(ScanFailure::Peer(_)))), "{outcome:?}");
@@ -776,6 +780,15 @@ async fn peer_changes_are_read_incrementally_and_the_cursor_kept_only_after_comp
         let expected = ScanCounts { videos_added: 1, videos_updated: 1, ..only_seen(2, 2) };
         assert_eq!(counts.unwrap(), expected);
         assert_eq!(stored_cursor(&pool, location).await, None);
+
+        // A full scan whose changes since its first page are pruned already (the peer's
+        // cursor reached back to a long transaction): the sweep goes on without them.
+        peer.set(PeerMode::SyncingChangesGone);
+        let (_, counts) = scan(&state, location).await;
+        let expected = ScanCounts { works_removed: 0, ..only_seen(2, 2) };
+        assert_eq!(counts.unwrap(), ScanCounts { videos_updated: 1, ..expected });
+        assert_eq!(stored_cursor(&pool, location).await.as_deref(), Some("c1"));
+        assert_eq!(present_videos(&pool).await, 2);
     })
     .await;
 }

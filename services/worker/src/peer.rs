@@ -80,16 +80,25 @@ pub(crate) async fn scan_peer(
 
     let pages = if by_key { Pages::AfterKey } else { Pages::Numbered };
     let listing = read_listing(scan, &client, &base_url, pages, tally).await?;
-    let mut cursor = listing.next_cursor.filter(|_| incremental);
+    let cursor = listing.next_cursor.filter(|_| incremental);
     // A video the peer moved, while we read, from a work not yet read to one already read
     // was on no page; the sweep would remove it until the next scan. The peer's changes
     // since the first page hold its new work (and tombstones of what went meanwhile), so
-    // they are read before the sweep. A peer without changes is read by page number and
-    // keeps that gap.
-    if let Some(since) = cursor.take() {
-        let changes = read_listing(scan, &client, &base_url, Pages::Changes(&since), tally).await?;
-        debug!(caught_up = changes.next_cursor.is_some(), "changes made while reading read");
-        cursor = changes.next_cursor;
+    // they are read before the sweep. Changes are paged by number, and a work that leaves
+    // them meanwhile can push another past the pages read: the cursor kept is still the
+    // full listing's, so that the next scan reads all of them again. A peer without
+    // changes is read by page number and keeps the gap.
+    if let Some(since) = &cursor {
+        match read_listing(scan, &client, &base_url, Pages::Changes(since), tally).await {
+            Ok(changes) => debug!(listed = changes.next_cursor.is_some(), "changes meanwhile read"),
+            // The cursor reaches back past the peer's pruned tombstones (a transaction of
+            // the peer's was open for that long): the sweep goes on without the catch-up,
+            // and the next scan reads everything again.
+            Err(ScanFailure::Peer(PeerError::Gone { .. })) => {
+                info!("the peer no longer keeps changes since its listing began");
+            }
+            Err(failure) => return Err(failure),
+        }
     }
     // Only a complete listing gets here: every failure above returned early.
     let sweep =

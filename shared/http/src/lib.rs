@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use poem::listener::Acceptor;
 use poem::{Endpoint, Request};
+use std::any::Any;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
@@ -24,8 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+mod sendfile;
+
+use sendfile::SendfileStream;
+pub use sendfile::{FileSender, MAX_REGION};
 
 /// How long a client may take to send a request's headers once it started: a connection
 /// that trickles them (slowloris) is closed instead of held.
@@ -167,36 +174,27 @@ async fn serve_waiting<A, E>(
             accepted = acceptor.accept() => match accepted {
                 Ok((io, local, remote, scheme)) => {
                     backoff = ACCEPT_BACKOFF;
-                    let endpoint = Arc::clone(&endpoint);
-                    let activity = Activity::new();
-                    let serving = Arc::clone(&activity);
-                    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                        serving.asked.store(true, Ordering::Relaxed);
-                        serving.change(1);
-                        let (local, remote) = (local.clone(), remote.clone());
-                        let req = Request::from((req, local, remote, scheme.clone()));
-                        let endpoint = Arc::clone(&endpoint);
-                        // Counted out when the body goes, also if the answer is never made.
-                        let activity = Arc::clone(&serving);
-                        let empty = Tracked { body: BoxBody::default(), activity };
-                        async move {
-                            let response = endpoint.get_response(req).await;
-                            let response =
-                                hyper::Response::<BoxBody<Bytes, io::Error>>::from(response);
-                            let mut tracked = empty;
-                            Ok::<_, Infallible>(response.map(|body| {
-                                tracked.body = body;
-                                tracked
-                            }))
-                        }
-                    });
-                    let builder = builder.clone();
-                    let stopping = stopping.subscribe();
-                    connections.spawn(async move {
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                        serve_connection(connection, activity, timeouts, stopping).await;
-                    });
+                    let serving = Serving {
+                        endpoint: Arc::clone(&endpoint),
+                        local,
+                        remote,
+                        scheme,
+                        builder: builder.clone(),
+                        timeouts,
+                        stopping: stopping.subscribe(),
+                    };
+                    // Plain TCP connections send files' regions with `sendfile`.
+                    let mut io = Some(io);
+                    let tcp = (&mut io as &mut dyn Any)
+                        .downcast_mut::<Option<TcpStream>>()
+                        .and_then(Option::take);
+                    if let Some(tcp) = tcp {
+                        let stream = SendfileStream::new(tcp);
+                        let files = stream.sender();
+                        connections.spawn(serving.run(stream, Some(files)));
+                    } else if let Some(io) = io {
+                        connections.spawn(serving.run(io, None));
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in = ?backoff,
@@ -218,6 +216,55 @@ async fn serve_waiting<A, E>(
     connections.shutdown().await;
 }
 
+/// What serving one accepted connection takes.
+struct Serving<E> {
+    endpoint: Arc<E>,
+    local: poem::web::LocalAddr,
+    remote: poem::web::RemoteAddr,
+    scheme: http::uri::Scheme,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    stopping: watch::Receiver<bool>,
+}
+
+impl<E: Endpoint + 'static> Serving<E> {
+    /// Serves requests on `io` until the connection ends; `files` is offered to its
+    /// HTTP/1 requests (HTTP/2 copies bodies into its frames: no stand-ins there).
+    async fn run<I>(self, io: I, files: Option<FileSender>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let Self { endpoint, local, remote, scheme, builder, timeouts, stopping } = self;
+        let activity = Activity::new();
+        let serving = Arc::clone(&activity);
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            serving.asked.store(true, Ordering::Relaxed);
+            serving.change(1);
+            let http1 = req.version() <= http::Version::HTTP_11;
+            let (local, remote) = (local.clone(), remote.clone());
+            let mut req = Request::from((req, local, remote, scheme.clone()));
+            if let Some(files) = files.as_ref().filter(|_| http1) {
+                req.extensions_mut().insert(files.clone());
+            }
+            let endpoint = Arc::clone(&endpoint);
+            // Counted out when the body goes, also if the answer is never made.
+            let activity = Arc::clone(&serving);
+            let empty = Tracked { body: BoxBody::default(), activity };
+            async move {
+                let response = endpoint.get_response(req).await;
+                let response = hyper::Response::<BoxBody<Bytes, io::Error>>::from(response);
+                let mut tracked = empty;
+                Ok::<_, Infallible>(response.map(|body| {
+                    tracked.body = body;
+                    tracked
+                }))
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        serve_connection(connection, activity, timeouts, stopping).await;
+    }
+}
+
 /// Drives one connection to its end: closed gracefully when the server stops or the
 /// connection has been idle for too long, dropped if it never brought a request.
 async fn serve_connection<C>(
@@ -230,12 +277,20 @@ async fn serve_connection<C>(
 {
     let mut connection = std::pin::pin!(connection);
     let mut closing = false;
+    // Once closed for idleness, a client that does not let go (HTTP/2 waits for the answer
+    // to a ping after GOAWAY, which a client may never send) is cut an idle period later.
+    let mut cut_at: Option<Instant> = None;
     let ended = loop {
         let deadline = activity.idle_deadline(timeouts);
         // While requests are in flight, look again after an idle period.
         let wake = deadline.unwrap_or_else(|| Instant::now() + timeouts.idle);
+        let cut = cut_at.unwrap_or(wake);
         tokio::select! {
             ended = &mut connection => break ended,
+            () = tokio::time::sleep_until(cut.into()), if cut_at.is_some() => {
+                tracing::debug!("cutting an idle connection that did not close");
+                return;
+            }
             changed = stopping.wait_for(|stop| *stop), if !closing => {
                 // A dropped sender means the server is gone: stop as well.
                 let _ = changed;
@@ -252,6 +307,7 @@ async fn serve_connection<C>(
                     tracing::debug!("closing an idle connection");
                     connection.as_mut().close_gracefully();
                     closing = true;
+                    cut_at = Some(Instant::now() + timeouts.idle);
                 }
             }
         }
@@ -310,6 +366,40 @@ mod tests {
         }))
     }
 
+    /// A file of 3 MiB + 5 bytes, each byte its position modulo 253.
+    fn region_file() -> Arc<std::fs::File> {
+        let bytes: Vec<u8> = (0..(3 << 20) + 5u32).map(|n| (n % 253) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &bytes).unwrap();
+        Arc::new(file)
+    }
+
+    /// `head`, then regions of `region_file` as `?regions=OFFSET+LEN,...` asks, sent from
+    /// the file where the connection can; in memory where it cannot (`sent` says which).
+    #[handler]
+    fn file_regions(req: &Request) -> poem::Response {
+        let file = region_file();
+        let asked = req.uri().query().unwrap_or_default().trim_start_matches("regions=");
+        let files = req.extensions().get::<FileSender>().cloned();
+        let mut parts = vec![Ok::<_, io::Error>(Bytes::from_static(b"head:"))];
+        for region in asked.split(',') {
+            let (offset, len) = region.split_once('+').unwrap();
+            let (offset, len): (u64, usize) = (offset.parse().unwrap(), len.parse().unwrap());
+            parts.push(match &files {
+                Some(files) => files.region(Arc::clone(&file), offset, len),
+                None => {
+                    let mut buf = vec![0; len];
+                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset).unwrap();
+                    Ok(Bytes::from(buf))
+                }
+            });
+        }
+        let sent = if files.is_some() { "file" } else { "memory" };
+        poem::Response::builder()
+            .header("x-sent", sent)
+            .body(Body::from_bytes_stream(stream::iter(parts)))
+    }
+
     const FIRST_REQUEST: Duration = Duration::from_millis(500);
     const IDLE: Duration = Duration::from_millis(1500);
 
@@ -317,7 +407,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
-        let app = Route::new().at("/counted", counted).at("/endless", endless);
+        let app = Route::new()
+            .at("/counted", counted)
+            .at("/endless", endless)
+            .at("/regions", file_regions);
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
@@ -452,5 +545,83 @@ mod tests {
         assert_eq!(cut, Ok(true), "the endless body was not cut (or ended cleanly)");
         // Nothing listens any more.
         assert!(client.get(format!("{base}/counted")).send().await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_regions_arrive_exact_over_http1_and_in_memory_over_http2() {
+        let (base, _stop, _task) = start().await;
+        let expected = |regions: &[(usize, usize)]| {
+            let mut body = b"head:".to_vec();
+            for (offset, len) in regions {
+                body.extend((*offset..offset + len).map(|n| (n % 253) as u8));
+            }
+            body
+        };
+        // Whole regions, a full-size one, neighbours, and one at the file's end.
+        let cases: [&[(usize, usize)]; 3] = [
+            &[(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20), (3 << 20, 5)],
+            &[(7, 1), (8, 100_000), (3_000_000, 145_733)],
+            &[(1, 0x1_0000), (1, 0x1_0000)],
+        ];
+        let http1 = reqwest::Client::builder().http1_only().build().unwrap();
+        let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+        for regions in cases {
+            let query: Vec<String> = regions.iter().map(|(o, l)| format!("{o}+{l}")).collect();
+            let url = format!("{base}/regions?regions={}", query.join(","));
+            for (client, sent) in [(&http1, "file"), (&http2, "memory")] {
+                // Twice on one connection: the second answer's regions follow the first's.
+                for _ in 0..2 {
+                    let answer = client.get(&url).send().await.unwrap();
+                    assert_eq!(answer.headers()["x-sent"], sent);
+                    let body = answer.bytes().await.unwrap();
+                    assert!(body[..] == expected(regions)[..], "{url} ({sent}) differs");
+                }
+            }
+        }
+
+        // A region past the file's end is never padded, and one too long for a stand-in is
+        // refused: the connection is cut either way.
+        for regions in ["3145000+1000", "0+1048577"] {
+            let url = format!("{base}/regions?regions={regions}");
+            let cut = match http1.get(&url).send().await {
+                Ok(answer) => answer.bytes().await.is_err(),
+                Err(_) => true,
+            };
+            assert!(cut, "{regions} made a whole body");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_http2_client_that_never_answers_the_closing_ping_is_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (base, _stop, _task) = start().await;
+        let mut tcp =
+            tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+        // Preface, empty SETTINGS, and `GET /` (HPACK: static entries, authority `x`).
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        let get: &[u8] = &[0, 0, 6, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+        tcp.write_all(get).await.unwrap();
+        let asked = Instant::now();
+        // Frames are read, SETTINGS acknowledged, pings never answered.
+        let read_until_closed = async {
+            loop {
+                let mut head = [0u8; 9];
+                if tcp.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                if tcp.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                if head[3] == 4 && head[4] & 1 == 0 {
+                    let _ = tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                }
+            }
+        };
+        let closed = tokio::time::timeout(IDLE * 4, read_until_closed).await;
+        assert!(closed.is_ok(), "held for {:?}", asked.elapsed());
+        assert!(asked.elapsed() >= IDLE * 2, "cut after {:?}", asked.elapsed());
     }
 }

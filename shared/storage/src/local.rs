@@ -8,7 +8,7 @@
 use crate::multipart::Multipart;
 use crate::range::ResolvedRange;
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -88,6 +88,39 @@ impl LocalFile {
             None => (0, self.size),
         };
         FileStream::new(self.file, start, len)
+    }
+
+    /// The bytes of `range` (the whole file without one) as stand-ins that `region` makes,
+    /// one per `max_region` bytes at most, for a connection to send from the file itself
+    /// (`velour_http::FileSender`). The kernel is asked to read each region ahead as its
+    /// stand-in is made, so that sending it finds the bytes in memory.
+    pub fn into_regions<F>(
+        self,
+        range: Option<ResolvedRange>,
+        max_region: usize,
+        mut region: F,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static
+    where
+        F: FnMut(Arc<File>, u64, usize) -> io::Result<Bytes> + Send + 'static,
+    {
+        let (start, len) = match range {
+            Some(range) => (range.start, range.len()),
+            None => (0, self.size),
+        };
+        let (file, end, max_region) = (self.file, start.saturating_add(len), max_region.max(1));
+        futures_util::stream::iter(RegionSteps { next: start, end, step: max_region as u64 }).map(
+            move |(offset, len)| {
+                let len = usize::try_from(len).unwrap_or(max_region);
+                // Advice only: a failure leaves the kernel to read when the bytes are sent.
+                let _ = rustix::fs::fadvise(
+                    &*file,
+                    offset,
+                    std::num::NonZeroU64::new(len as u64),
+                    rustix::fs::Advice::WillNeed,
+                );
+                region(Arc::clone(&file), offset, len)
+            },
+        )
     }
 
     /// Streams a `multipart/byteranges` body of this file, one part after the other. Every
@@ -190,6 +223,26 @@ impl Stream for FileStream {
                 Poll::Ready(Some(Err(err)))
             }
         }
+    }
+}
+
+/// The (offset, length) of each region of `next..end`, `step` bytes at most each.
+struct RegionSteps {
+    next: u64,
+    end: u64,
+    step: u64,
+}
+
+impl Iterator for RegionSteps {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let len = self.end.saturating_sub(self.next).min(self.step);
+        (len > 0).then(|| {
+            let offset = self.next;
+            self.next += len;
+            (offset, len)
+        })
     }
 }
 
