@@ -574,6 +574,13 @@ pub fn ffprobe_duration(input: &str, headers: Option<&str>) -> anyhow::Result<f6
 }
 
 /// The sample videos shipped beside the checkout, in `../shared/media`.
+/// The sample videos: `VELOUR_SAMPLE_MEDIA` if set, else `../shared/media` beside the
+/// checkout, else `/work/shared/media` (where these machines keep them, for a clone made
+/// elsewhere).
 pub fn shared_media_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media")
+    if let Some(dir) = std::env::var_os("VELOUR_SAMPLE_MEDIA") {
+        return PathBuf::from(dir);
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/media");
+    if beside.is_dir() { beside } else { PathBuf::from("/work/shared/media") }
 }
