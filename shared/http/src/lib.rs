@@ -115,6 +115,25 @@ impl Activity {
     }
 }
 
+/// `body`, failing (`TimedOut`) once `idle` passes with nothing received: a request whose
+/// body stops short would otherwise stay in flight, and hold its connection, for ever.
+fn with_idle_timeout(body: poem::Body, idle: Duration) -> poem::Body {
+    use futures_util::StreamExt as _;
+    let chunks = Some(body.into_bytes_stream().boxed());
+    let timed = futures_util::stream::unfold(chunks, move |chunks| async move {
+        let mut chunks = chunks?;
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(chunks))),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = io::Error::new(io::ErrorKind::TimedOut, "the request body stalled");
+                Some((Err(stalled), None))
+            }
+        }
+    });
+    poem::Body::from_bytes_stream(timed)
+}
+
 /// A response body that counts as in flight until it is sent in full or dropped.
 struct Tracked {
     body: BoxBody<Bytes, io::Error>,
@@ -241,8 +260,13 @@ impl<E: Endpoint + 'static> Serving<E> {
             serving.asked.store(true, Ordering::Relaxed);
             serving.change(1);
             let http1 = req.version() <= http::Version::HTTP_11;
+            let has_body = !hyper::body::Body::is_end_stream(req.body());
             let (local, remote) = (local.clone(), remote.clone());
             let mut req = Request::from((req, local, remote, scheme.clone()));
+            if has_body {
+                let body = req.take_body();
+                req.set_body(with_idle_timeout(body, timeouts.idle));
+            }
             if let Some(files) = files.as_ref().filter(|_| http1) {
                 req.extensions_mut().insert(files.clone());
             }
@@ -400,6 +424,11 @@ mod tests {
             .body(Body::from_bytes_stream(stream::iter(parts)))
     }
 
+    #[handler]
+    async fn echo(body: Body) -> poem::Result<Vec<u8>> {
+        Ok(body.into_vec().await?)
+    }
+
     const FIRST_REQUEST: Duration = Duration::from_millis(500);
     const IDLE: Duration = Duration::from_millis(1500);
 
@@ -410,7 +439,8 @@ mod tests {
         let app = Route::new()
             .at("/counted", counted)
             .at("/endless", endless)
-            .at("/regions", file_regions);
+            .at("/regions", file_regions)
+            .at("/echo", poem::post(echo));
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
@@ -623,5 +653,23 @@ mod tests {
         let closed = tokio::time::timeout(IDLE * 4, read_until_closed).await;
         assert!(closed.is_ok(), "held for {:?}", asked.elapsed());
         assert!(asked.elapsed() >= IDLE * 2, "cut after {:?}", asked.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_body_that_stops_short_lets_its_connection_go() {
+        use tokio::io::AsyncWriteExt;
+        let (base, _stop, _task) = start().await;
+        let client = reqwest::Client::new();
+        let whole = client.post(format!("{base}/echo")).body("all of it").send().await.unwrap();
+        assert_eq!(whole.text().await.unwrap(), "all of it");
+
+        // 10 of the 100 bytes promised, then nothing: answered and closed, not held.
+        let addr = base.trim_start_matches("http://");
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+        stalled.write_all(request).await.unwrap();
+        let sent = Instant::now();
+        assert!(closed_within(&mut stalled, IDLE * 3).await, "held for {:?}", sent.elapsed());
+        assert!(sent.elapsed() >= IDLE, "given up after {:?}", sent.elapsed());
     }
 }
