@@ -391,10 +391,14 @@ mod tests {
     }
 
     /// A file of 3 MiB + 5 bytes, each byte its position modulo 253.
+    /// It is written out and evicted from the page cache, so that sending it reads the
+    /// disk (the blocking pool's warm-up, then `sendfile`).
     fn region_file() -> Arc<std::fs::File> {
         let bytes: Vec<u8> = (0..(3 << 20) + 5u32).map(|n| (n % 253) as u8).collect();
-        let mut file = tempfile::tempfile().unwrap();
+        let mut file = tempfile::tempfile_in("/var/tmp").unwrap();
         std::io::Write::write_all(&mut file, &bytes).unwrap();
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
         Arc::new(file)
     }
 

@@ -20,12 +20,14 @@
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::fs::File;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 /// The largest region one stand-in stands for.
 pub const MAX_REGION: usize = 1 << 20;
@@ -56,6 +58,8 @@ struct Region {
     slot: usize,
     /// Bytes of the region already sent (the stand-in's offset hyper will write from).
     sent: usize,
+    /// Whether its bytes were found in the page cache (or read into it).
+    warm: bool,
 }
 
 /// The regions one connection has handed out, in the order its bodies yielded them.
@@ -83,7 +87,7 @@ impl FileSender {
         let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = regions.next_slot;
         regions.next_slot = (slot + 1) % SLOTS;
-        regions.queue.push_back(Region { file, offset, left: len, slot, sent: 0 });
+        regions.queue.push_back(Region { file, offset, left: len, slot, sent: 0, warm: false });
         let reserved: &'static [u8] = &RESERVED;
         Ok(Bytes::from_static(&reserved[slot * MAX_REGION..slot * MAX_REGION + len]))
     }
@@ -94,11 +98,13 @@ impl FileSender {
 pub(crate) struct SendfileStream {
     tcp: TcpStream,
     regions: Arc<Mutex<Regions>>,
+    /// The blocking pool reading the front region into the page cache, if it was not.
+    warming: Option<JoinHandle<()>>,
 }
 
 impl SendfileStream {
     pub(crate) fn new(tcp: TcpStream) -> Self {
-        Self { tcp, regions: Arc::default() }
+        Self { tcp, regions: Arc::default(), warming: None }
     }
 
     pub(crate) fn sender(&self) -> FileSender {
@@ -114,18 +120,35 @@ impl SendfileStream {
         len: usize,
     ) -> Poll<io::Result<usize>> {
         let mismatch = || io::Error::other("a body stand-in names no region of this connection");
-        let (file, mut offset, count) = {
+        let (file, mut offset, count, warm) = {
             let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
             // Regions handed out by a body that was dropped unsent are skipped.
             while regions.queue.front().is_some_and(|r| r.slot != slot || r.sent != at) {
                 regions.queue.pop_front();
             }
             let region = regions.queue.front().ok_or_else(mismatch)?;
-            (Arc::clone(&region.file), region.offset, len.min(region.left))
+            (Arc::clone(&region.file), region.offset, len.min(region.left), region.warm)
         };
-        // TODO(#4): a region not in the page cache is read from the disk inside this call,
-        // on a runtime thread (up to 12 ms per call measured here with cold caches); send
-        // such regions from the blocking pool instead.
+        // `sendfile` reads what is not in the page cache from the disk, on this runtime
+        // thread. A region found missing there is read in the blocking pool first.
+        if !warm {
+            if self.warming.is_none() && !in_page_cache(&file, offset, count) {
+                let (cold, region_left) = (Arc::clone(&file), len);
+                let warming = tokio::task::spawn_blocking(move || {
+                    read_into_page_cache(&cold, offset, region_left);
+                });
+                self.warming = Some(warming);
+            }
+            if let Some(warming) = self.warming.as_mut() {
+                // A failed warm-up only leaves the reading to `sendfile`.
+                let _ = ready!(Pin::new(warming).poll(cx));
+                self.warming = None;
+            }
+            let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(region) = regions.queue.front_mut() {
+                region.warm = true;
+            }
+        }
         let sent = loop {
             ready!(self.tcp.poll_write_ready(cx))?;
             let tcp = &self.tcp;
@@ -205,5 +228,59 @@ impl AsyncWrite for SendfileStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// Whether the first and last bytes of `offset..offset + len` of `file` are in the page
+/// cache (a read that may not wait says so). Where the system cannot tell, yes: `sendfile`
+/// then reads as it would have.
+fn in_page_cache(file: &File, offset: u64, len: usize) -> bool {
+    let Some(last) = len.checked_sub(1) else {
+        return true;
+    };
+    [offset, offset + last as u64].iter().all(|&at| {
+        let mut byte = [0u8; 1];
+        let mut bufs = [io::IoSliceMut::new(&mut byte)];
+        let read = rustix::io::preadv2(file, &mut bufs, at, rustix::io::ReadWriteFlags::NOWAIT);
+        !matches!(read, Err(rustix::io::Errno::AGAIN))
+    })
+}
+
+/// Reads `offset..offset + len` of `file` and drops it: what is left is the file's pages in
+/// the page cache, for `sendfile` to send without waiting on the disk. Errors are left to
+/// `sendfile` to meet.
+fn read_into_page_cache(file: &File, offset: u64, len: usize) {
+    const STEP: usize = 256 * 1024;
+    let mut scratch = vec![0u8; STEP.min(len)];
+    let mut done = 0;
+    while done < len {
+        let want = STEP.min(len - done);
+        match rustix::io::pread(file, &mut scratch[..want], offset + done as u64) {
+            Ok(0) | Err(_) => return,
+            Ok(read) => done += read,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_read_from_the_disk_are_found_in_the_page_cache() {
+        // On the disk (not a memory file system), written out, then evicted.
+        let mut file = tempfile::tempfile_in("/var/tmp").unwrap();
+        std::io::Write::write_all(&mut file, &vec![7u8; 4 << 20]).unwrap();
+        file.sync_all().unwrap();
+        let evict = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+        evict.unwrap();
+        if in_page_cache(&file, 0, 1 << 20) {
+            // The system cannot tell (no RWF_NOWAIT for this file system): nothing to check.
+            eprintln!("the page cache cannot be probed here");
+            return;
+        }
+        read_into_page_cache(&file, 0, 1 << 20);
+        assert!(in_page_cache(&file, 0, 1 << 20));
+        assert!(!in_page_cache(&file, 3 << 20, 1 << 20), "pages never read are cached");
     }
 }
