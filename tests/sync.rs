@@ -198,19 +198,35 @@ async fn titles_and_next(
     Ok((titles, page["sync"]["next_after"].as_str().map(str::to_owned)))
 }
 
+/// Writes `count` works straight into `instance`'s catalog, `Work 001` onwards, each with
+/// one video (`Work 001.mp4`) of a folder that is never scanned.
+async fn works_of_one_video(instance: &Instance, count: i32) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO storage_locations (name, storage_type, configuration)
+           VALUES ('shelf', 'local', '{\"path\": \"/nonexistent\"}')",
+    )
+    .execute(instance.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO works (title) SELECT format('Work %s', lpad(n::text, 3, '0'))
+           FROM generate_series(1, $1) n",
+    )
+    .bind(count)
+    .execute(instance.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
+           SELECT id, 1, id::text, title || '.mp4', 1 FROM works",
+    )
+    .execute(instance.pool())
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_read_by_key_skip_no_work_when_an_earlier_one_leaves() -> anyhow::Result<()> {
     let a = Instance::start("A").await?;
-    sqlx::raw_sql(
-        "INSERT INTO storage_locations (name, storage_type, configuration)
-           VALUES ('shelf', 'local', '{\"path\": \"/nonexistent\"}');
-         INSERT INTO works (title) SELECT format('Work %s', lpad(n::text, 3, '0'))
-           FROM generate_series(1, 25) n;
-         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
-           SELECT id, 1, id::text, title || '.mp4', 1 FROM works;",
-    )
-    .execute(a.pool())
-    .await?;
+    works_of_one_video(&a, 25).await?;
     let instance = a.get_json("/api/v1/instance").await?;
     assert!(instance["capabilities"].as_array().is_some_and(|c| c.contains(&json!("works.after"))));
 
@@ -489,16 +505,7 @@ async fn a_video_moved_between_works_while_a_peer_is_read_is_not_lost() -> anyho
     let a = Instance::start("A").await?;
     let b = Instance::start("B").await?;
     // 150 works, read 100 to a page: Work 140 is on the second page.
-    sqlx::raw_sql(
-        "INSERT INTO storage_locations (name, storage_type, configuration)
-           VALUES ('shelf', 'local', '{\"path\": \"/nonexistent\"}');
-         INSERT INTO works (title) SELECT format('Work %s', lpad(n::text, 3, '0'))
-           FROM generate_series(1, 150) n;
-         INSERT INTO videos (work_id, storage_location_id, source_key, filename, file_size)
-           SELECT id, 1, id::text, title || '.mp4', 1 FROM works;",
-    )
-    .execute(a.pool())
-    .await?;
+    works_of_one_video(&a, 150).await?;
     // Once B has read the first page, A's owner files Work 140's video under Work 001,
     // which B has read already, as A's own scan would.
     let relay = relay_with_change(

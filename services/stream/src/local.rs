@@ -77,25 +77,29 @@ pub(crate) async fn serve(
     // On a plain HTTP/1.1 connection the kernel sends the bytes from the page cache
     // (`sendfile`, as nginx does); elsewhere they are read into buffers and written.
     let files = req.extensions().get::<velour_http::FileSender>().cloned();
-    let stream = match (body, files) {
-        (Body::Whole, Some(files)) => sent_regions(file, None, files),
-        (Body::Range(range), Some(files)) => sent_regions(file, Some(range), files),
-        (Body::Whole, None) => file.into_stream(None).boxed(),
-        (Body::Range(range), None) => file.into_stream(Some(range)).boxed(),
-        (Body::Parts(multipart), _) => file.into_multipart_stream(multipart).boxed(),
+    let stream = match body {
+        Body::Whole => one_range(file, None, files),
+        Body::Range(range) => one_range(file, Some(range), files),
+        Body::Parts(multipart) => file.into_multipart_stream(multipart).boxed(),
     };
     let metered = MeteredStream::new(stream, video.id, Some(length));
     Ok(response.body(poem::Body::from_bytes_stream(metered)))
 }
 
-/// The bytes of `range` as regions of the file `files` sends itself.
-fn sent_regions(
+/// The bytes of `range` (the whole file without one): regions the connection sends from
+/// the file itself when it offers `files`, read chunks otherwise.
+fn one_range(
     file: LocalFile,
     range: Option<ResolvedRange>,
-    files: velour_http::FileSender,
+    files: Option<velour_http::FileSender>,
 ) -> futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> {
-    let region = move |file, offset, len| files.region(file, offset, len);
-    file.into_regions(range, velour_http::MAX_REGION, region).boxed()
+    match files {
+        Some(files) => {
+            let region = move |file, offset, len| files.region(file, offset, len);
+            file.into_regions(range, velour_http::MAX_REGION, region).boxed()
+        }
+        None => file.into_stream(range).boxed(),
+    }
 }
 
 /// What the body holds, decided before the headers are sent.

@@ -21,7 +21,6 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -83,35 +82,55 @@ pub async fn serve<A, E>(
     serve_waiting(acceptor, endpoint, shutdown, grace, timeouts).await;
 }
 
-/// What one connection is doing: requests whose answer is not yet sent in full, and since
-/// when the count last changed.
-struct Activity {
-    opened: Instant,
-    state: Mutex<(usize, Instant)>,
-    asked: AtomicBool,
+/// What one connection is doing: whether it brought a request yet, how many have an
+/// answer not yet sent in full, and since when that count last changed (or since the
+/// connection opened).
+struct Activity(Mutex<ActivityState>);
+
+struct ActivityState {
+    asked: bool,
+    in_flight: usize,
+    since: Instant,
 }
 
 impl Activity {
     fn new() -> Arc<Self> {
-        let now = Instant::now();
-        Arc::new(Self { opened: now, state: Mutex::new((0, now)), asked: AtomicBool::new(false) })
+        let state = ActivityState { asked: false, in_flight: 0, since: Instant::now() };
+        Arc::new(Self(Mutex::new(state)))
     }
 
-    fn change(&self, by: isize) {
-        // A poisoned lock only means a panic elsewhere; the count itself stays whole.
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.0 = state.0.saturating_add_signed(by);
-        state.1 = Instant::now();
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        // A poisoned lock only means a panic elsewhere; the state itself stays whole.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request came; its answer is in flight until `answered`.
+    fn asked(&self) {
+        let mut state = self.state();
+        state.asked = true;
+        state.in_flight += 1;
+        state.since = Instant::now();
+    }
+
+    fn answered(&self) {
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.since = Instant::now();
+    }
+
+    fn brought_a_request(&self) -> bool {
+        self.state().asked
     }
 
     /// When the connection will have been idle for long enough, if nothing changes: `None`
     /// while a request is in flight.
     fn idle_deadline(&self, timeouts: Timeouts) -> Option<Instant> {
-        if !self.asked.load(Ordering::Relaxed) {
-            return Some(self.opened + timeouts.first_request);
+        let state = self.state();
+        match (state.asked, state.in_flight) {
+            (false, _) => Some(state.since + timeouts.first_request),
+            (true, 0) => Some(state.since + timeouts.idle),
+            (true, _) => None,
         }
-        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (state.0 == 0).then_some(state.1 + timeouts.idle)
     }
 }
 
@@ -142,7 +161,7 @@ struct Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.activity.change(-1);
+        self.activity.answered();
     }
 }
 
@@ -257,8 +276,7 @@ impl<E: Endpoint + 'static> Serving<E> {
         let activity = Activity::new();
         let serving = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            serving.asked.store(true, Ordering::Relaxed);
-            serving.change(1);
+            serving.asked();
             let http1 = req.version() <= http::Version::HTTP_11;
             let has_body = !hyper::body::Body::is_end_stream(req.body());
             let (local, remote) = (local.clone(), remote.clone());
@@ -324,7 +342,7 @@ async fn serve_connection<C>(
             () = tokio::time::sleep_until(wake.into()), if !closing => {
                 // The deadline may have moved meanwhile: only one that held counts.
                 if activity.idle_deadline(timeouts).is_some_and(|d| d <= Instant::now()) {
-                    if !activity.asked.load(Ordering::Relaxed) {
+                    if !activity.brought_a_request() {
                         tracing::debug!("no request within the first request timeout");
                         return;
                     }

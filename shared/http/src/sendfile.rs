@@ -51,10 +51,9 @@ fn reserved_position(slice: &[u8]) -> Option<(usize, usize)> {
 /// A region of a file a connection will send in place of a stand-in.
 struct Region {
     file: Arc<File>,
-    /// Where in the file the region's next unsent byte is.
-    offset: u64,
-    /// Bytes of the region left to send.
-    left: usize,
+    /// Where the region starts in the file.
+    start: u64,
+    len: usize,
     slot: usize,
     /// Bytes of the region already sent (the stand-in's offset hyper will write from).
     sent: usize,
@@ -87,7 +86,7 @@ impl FileSender {
         let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = regions.next_slot;
         regions.next_slot = (slot + 1) % SLOTS;
-        regions.queue.push_back(Region { file, offset, left: len, slot, sent: 0, warm: false });
+        regions.queue.push_back(Region { file, start: offset, len, slot, sent: 0, warm: false });
         let reserved: &'static [u8] = &RESERVED;
         Ok(Bytes::from_static(&reserved[slot * MAX_REGION..slot * MAX_REGION + len]))
     }
@@ -127,16 +126,16 @@ impl SendfileStream {
                 regions.queue.pop_front();
             }
             let region = regions.queue.front().ok_or_else(mismatch)?;
-            (Arc::clone(&region.file), region.offset, len.min(region.left), region.warm)
+            let offset = region.start + region.sent as u64;
+            (Arc::clone(&region.file), offset, len.min(region.len - region.sent), region.warm)
         };
         // `sendfile` reads what is not in the page cache from the disk, on this runtime
         // thread. A region found missing there is read in the blocking pool first.
         if !warm {
             if self.warming.is_none() && !in_page_cache(&file, offset, count) {
-                let (cold, region_left) = (Arc::clone(&file), len);
-                let warming = tokio::task::spawn_blocking(move || {
-                    read_into_page_cache(&cold, offset, region_left);
-                });
+                let cold = Arc::clone(&file);
+                let warming =
+                    tokio::task::spawn_blocking(move || read_into_page_cache(&cold, offset, count));
                 self.warming = Some(warming);
             }
             if let Some(warming) = self.warming.as_mut() {
@@ -169,10 +168,8 @@ impl SendfileStream {
         };
         let mut regions = self.regions.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(region) = regions.queue.front_mut() {
-            region.offset += sent as u64;
-            region.left -= sent;
             region.sent += sent;
-            if region.left == 0 {
+            if region.sent == region.len {
                 regions.queue.pop_front();
             }
         }

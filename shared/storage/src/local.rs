@@ -83,17 +83,19 @@ impl LocalFile {
     /// Streams `range`, or the whole file, holding at most two chunks: the one being sent
     /// and the next, read meanwhile.
     pub fn into_stream(self, range: Option<ResolvedRange>) -> FileStream {
-        let (start, len) = match range {
-            Some(range) => (range.start, range.len()),
-            None => (0, self.size),
-        };
+        let (start, len) = self.span(range);
         FileStream::new(self.file, start, len)
+    }
+
+    /// Where `range` starts and how long it is; without one, the whole file.
+    fn span(&self, range: Option<ResolvedRange>) -> (u64, u64) {
+        range.map_or((0, self.size), |range| (range.start, range.len()))
     }
 
     /// The bytes of `range` (the whole file without one) as stand-ins that `region` makes,
     /// one per `max_region` bytes at most, for a connection to send from the file itself
-    /// (`velour_http::FileSender`). The kernel is asked to read each region ahead as its
-    /// stand-in is made, so that sending it finds the bytes in memory.
+    /// (`velour_http::FileSender`, which also reads regions not in the page cache into it
+    /// off the runtime before sending them).
     pub fn into_regions<F>(
         self,
         range: Option<ResolvedRange>,
@@ -103,24 +105,12 @@ impl LocalFile {
     where
         F: FnMut(Arc<File>, u64, usize) -> io::Result<Bytes> + Send + 'static,
     {
-        let (start, len) = match range {
-            Some(range) => (range.start, range.len()),
-            None => (0, self.size),
-        };
+        let (start, len) = self.span(range);
         let (file, end, max_region) = (self.file, start.saturating_add(len), max_region.max(1));
-        futures_util::stream::iter(RegionSteps { next: start, end, step: max_region as u64 }).map(
-            move |(offset, len)| {
-                let len = usize::try_from(len).unwrap_or(max_region);
-                // Advice only: a failure leaves the kernel to read when the bytes are sent.
-                let _ = rustix::fs::fadvise(
-                    &*file,
-                    offset,
-                    std::num::NonZeroU64::new(len as u64),
-                    rustix::fs::Advice::WillNeed,
-                );
-                region(Arc::clone(&file), offset, len)
-            },
-        )
+        let steps = RegionSteps { next: start, end, step: max_region as u64 };
+        futures_util::stream::iter(steps).map(move |(offset, len)| {
+            region(Arc::clone(&file), offset, usize::try_from(len).unwrap_or(max_region))
+        })
     }
 
     /// Streams a `multipart/byteranges` body of this file, one part after the other. Every
